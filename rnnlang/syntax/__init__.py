@@ -1,0 +1,1 @@
+"""Front end: grammar loading and parse tree -> AST dataclasses with source spans."""

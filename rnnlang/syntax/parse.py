@@ -1,0 +1,249 @@
+"""Parse `.rnn` text into an AST `Module`.
+
+Lark (LALR) builds the parse tree; `_ToAst` turns it into dataclasses with spans. Lark's
+exceptions become located `RnnUserError`s. Size and nesting limits are checked on the raw text
+before parsing so that hostile input cannot exhaust memory or recursion.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from rnnlang.diagnostics import Source, Span, error
+from rnnlang.syntax import ast
+
+MAX_SOURCE_BYTES = 1_000_000
+MAX_NESTING = 64
+
+_TOKEN_NAMES = {
+    "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'",
+    "RBRACE": "'}'", "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "PLUS": "'+'",
+    "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "AT": "'@'", "NAME": "a name",
+    "INT": "an integer", "NUMBER": "a number", "STRING": "a string", "$END": "end of file",
+}
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    text = resources.files("rnnlang").joinpath("grammar/rnn.lark").read_text()
+    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def parse(text: str, name: str = "<string>") -> ast.Module:
+    """Parse source text; raises `RnnUserError` with a located diagnostic on bad input."""
+    src = Source(name, text)
+    _check_limits(src)
+    try:
+        tree = _parser().parse(text)
+    except UnexpectedInput as exc:
+        raise _syntax_error(src, exc) from None
+    return _ToAst(src).transform(tree)
+
+
+def _check_limits(src: Source) -> None:
+    if len(src.text.encode("utf-8", "replace")) > MAX_SOURCE_BYTES:
+        raise error("E001", f"file is larger than the limit of {MAX_SOURCE_BYTES} bytes",
+                    Span(src, 1, 1, 1, 2))
+    depth = 0
+    for lineno, line in enumerate(src.text.splitlines(), 1):
+        for col, ch in enumerate(line.split("#", 1)[0], 1):
+            if ch in "([{":
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise error("E002", f"brackets nested deeper than {MAX_NESTING} levels",
+                                Span(src, lineno, col, lineno, col + 1),
+                                hint="split the expression into named intermediate values")
+            elif ch in ")]}":
+                depth = max(0, depth - 1)
+
+
+def _syntax_error(src: Source, exc: UnexpectedInput) -> Exception:
+    line = getattr(exc, "line", None) or 1
+    col = getattr(exc, "column", None) or 1
+    if isinstance(exc, UnexpectedEOF) or line < 1:
+        lines = src.text.splitlines() or [""]
+        line, col = len(lines), len(lines[-1]) + 1
+    if isinstance(exc, UnexpectedCharacters):
+        ch = src.line(line)[col - 1 : col] or "?"
+        return error("E100", f"unexpected character '{ch}'", Span(src, line, col, line, col + 1))
+    found = "end of file"
+    width = 1
+    if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
+        found = f"'{exc.token}'"
+        width = max(1, len(str(exc.token)))
+    expected = sorted(_TOKEN_NAMES.get(t, f"'{t.lower()}'") for t in _expected(exc))
+    hint = f"expected {', '.join(expected)}" if 0 < len(expected) <= 5 else None
+    return error("E101", f"unexpected {found}", Span(src, line, col, line, col + width), hint=hint)
+
+
+def _expected(exc: UnexpectedInput) -> set[str]:
+    if isinstance(exc, UnexpectedToken):
+        return set(exc.accepts or exc.expected or ())
+    if isinstance(exc, UnexpectedEOF):
+        return set(exc.expected or ())
+    return set()
+
+
+def _span_of(src: Source, node: Tree | Token) -> Span:
+    if isinstance(node, Token):
+        return Span(src, node.line or 1, node.column or 1, node.end_line or 1, node.end_column or 1)
+    m = node.meta
+    if getattr(m, "empty", True):
+        return Span(src, 1, 1, 1, 2)
+    return Span(src, m.line, m.column, m.end_line, m.end_column)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):  # type: ignore[type-arg]
+    """Parse tree -> AST. Each method receives Lark `meta` for spans."""
+
+    def __init__(self, src: Source):
+        super().__init__()
+        self.src = src
+
+    def _sp(self, meta: object) -> Span:
+        m = meta
+        if getattr(m, "empty", True):
+            return Span(self.src, 1, 1, 1, 2)
+        return Span(self.src, m.line, m.column, m.end_line, m.end_column)  # type: ignore[attr-defined]
+
+    def _tok(self, tok: Token) -> Span:
+        return _span_of(self.src, tok)
+
+    # --- top level -----------------------------------------------------------------------
+    def start(self, meta, items):
+        imports = tuple(i for i in items if isinstance(i, ast.Import))
+        cells = tuple(i for i in items if isinstance(i, ast.CellDef))
+        models = tuple(i for i in items if isinstance(i, ast.ModelDef))
+        return ast.Module(self.src, imports, cells, models)
+
+    def import_stmt(self, meta, c):
+        return ast.Import(str(c[0])[1:-1], self._sp(meta))
+
+    def cell(self, meta, c):
+        name, ins, outs, *body = c
+        return ast.CellDef(str(name), ins, outs, tuple(body), self._sp(meta))
+
+    def ports(self, meta, c):
+        return tuple(c)
+
+    def port(self, meta, c):
+        return ast.Port(str(c[0]), c[1], self._sp(meta))
+
+    def state_decl(self, meta, c):
+        return ast.StateDecl(str(c[0]), c[1], c[2], self._sp(meta))
+
+    def param_decl(self, meta, c):
+        return ast.ParamDecl(str(c[0]), c[1], c[2], self._sp(meta))
+
+    def fn_decl(self, meta, c):
+        return ast.FnDecl(str(c[0]), str(c[1]), self._sp(meta), self._tok(c[1]))
+
+    def assign(self, meta, c):
+        return ast.Assign(c[0], c[1], self._sp(meta))
+
+    def targets(self, meta, c):
+        return tuple((str(t), self._tok(t)) for t in c)
+
+    def init(self, meta, c):
+        args, kwargs = c[1] if c[1] is not None else ((), ())
+        return ast.Init(str(c[0]), args, kwargs, self._sp(meta))
+
+    def model(self, meta, c):
+        name, dims, *body = c
+        return ast.ModelDef(str(name), dims or (), tuple(body), self._sp(meta))
+
+    def dim_params(self, meta, c):
+        return tuple(c)
+
+    def dim_param(self, meta, c):
+        default = int(c[1]) if len(c) > 1 and c[1] is not None else None
+        return ast.DimParam(str(c[0]), default, self._sp(meta))
+
+    def input_decl(self, meta, c):
+        return ast.InputDecl(str(c[0]), str(c[1]), c[2], self._sp(meta), self._tok(c[1]))
+
+    def output_decl(self, meta, c):
+        return ast.OutputDecl(str(c[0]), c[1], self._sp(meta))
+
+    # --- dimensions ----------------------------------------------------------------------
+    def dims(self, meta, c):
+        return tuple(c)
+
+    def dim_name(self, meta, c):
+        return ast.LinDim(((str(c[0]), 1),), 0, self._sp(meta))
+
+    def dim_int(self, meta, c):
+        return ast.LinDim((), int(c[0]), self._sp(meta))
+
+    def dim_add(self, meta, c):
+        return _lin_combine(c[0], c[1], 1, self._sp(meta))
+
+    def dim_sub(self, meta, c):
+        return _lin_combine(c[0], c[1], -1, self._sp(meta))
+
+    def dim_mul(self, meta, c):
+        k = int(c[0])
+        d = c[1]
+        return ast.LinDim(tuple((n, k * v) for n, v in d.terms), k * d.const, self._sp(meta))
+
+    # --- expressions ---------------------------------------------------------------------
+    def number(self, meta, c):
+        return ast.Num(float(c[0]), str(c[0]), self._sp(meta))
+
+    def name(self, meta, c):
+        return ast.Name(str(c[0]), self._sp(meta))
+
+    def _bin(self, op, meta, c):
+        return ast.BinOp(op, c[0], c[1], self._sp(meta))
+
+    def add(self, meta, c):
+        return self._bin("+", meta, c)
+
+    def sub(self, meta, c):
+        return self._bin("-", meta, c)
+
+    def mul(self, meta, c):
+        return self._bin("*", meta, c)
+
+    def div(self, meta, c):
+        return self._bin("/", meta, c)
+
+    def matmul(self, meta, c):
+        return self._bin("@", meta, c)
+
+    def neg(self, meta, c):
+        return ast.Neg(c[0], self._sp(meta))
+
+    def index(self, meta, c):
+        return ast.Index(c[0], c[1], self._sp(meta))
+
+    def slice(self, meta, c):
+        return ast.Slice(c[0], c[1], c[2], self._sp(meta))
+
+    def over(self, meta, c):
+        return ast.Over(c[0], c[1], c[2], self._sp(meta))
+
+    def call(self, meta, c):
+        args, kwargs = c[1] if c[1] is not None else ((), ())
+        return ast.Call(str(c[0]), args, kwargs, self._sp(meta), self._tok(c[0]))
+
+    def args(self, meta, c):
+        pos = tuple(a for a in c if not isinstance(a, tuple))
+        kw = tuple(a for a in c if isinstance(a, tuple))
+        return pos, kw
+
+    def kwarg(self, meta, c):
+        return (str(c[0]), c[1])
+
+
+def _lin_combine(a: ast.LinDim, b: ast.LinDim, sign: int, span: Span) -> ast.LinDim:
+    terms = dict(a.terms)
+    for n, v in b.terms:
+        terms[n] = terms.get(n, 0) + sign * v
+    return ast.LinDim(tuple(sorted((n, v) for n, v in terms.items() if v)),
+                      a.const + sign * b.const, span)
