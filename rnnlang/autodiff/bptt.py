@@ -1,0 +1,293 @@
+"""Backpropagation through time, derived from the IR.
+
+`grad_program` walks the program's equations in reverse, accumulating cotangents in a dict.
+A forward ``scan`` becomes a reverse-time ``scan`` whose body is the VJP of the forward body:
+a state read at ``t-k`` sends its cotangent into an accumulator at ``t-k`` (spilling into the
+initial state's gradient before the start), inputs get per-step cotangent arrays, and loop
+invariants (weights) are summed over time. Forward-body values the reverse body needs are added
+to the forward scan as residual arrays. The result is two ordinary programs (forward with
+residual outputs, backward), which go through the same verify, passes and code generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from rnnlang.autodiff.vjp import vjp
+from rnnlang.diagnostics import InternalCompilerError
+from rnnlang.ir.nodes import (Const, ConstRef, Eqn, InputInfo, Operand, OutArray, Program, Region,
+                              ScanSpec, Store, SumTo, Tap, Var)
+from rnnlang.ir.types import BATCH, TensorType
+from rnnlang.lower.builder import Builder, NameGen
+
+
+@dataclass(frozen=True)
+class GradPrograms:
+    """``forward`` returns outputs then residuals; ``backward`` maps (inputs, params, residuals,
+    output cotangents) to gradients of params then differentiable inputs."""
+
+    forward: Program
+    backward: Program
+    residuals: tuple[Var, ...]
+    cotangents: tuple[Var, ...]
+    grads_of: tuple[Var, ...]  # the primal var each backward output is the gradient of
+
+
+def _names_of(prog: Program) -> NameGen:
+    used = {v.name for v in prog.input_vars + prog.param_vars}
+    stack = list(prog.eqns)
+    while stack:
+        e = stack.pop()
+        used.update(v.name for v in e.outputs)
+        spec = e.attr("scan")
+        if spec is not None:
+            used.update(v.name for v in spec.body.inputs)
+            stack.extend(spec.body.eqns)
+    return NameGen(used)
+
+
+class _Cots:
+    """Cotangent accumulator: one Var per primal value, summed with ``add``."""
+
+    def __init__(self, b: Builder):
+        self.b = b
+        self.ct: dict[str, Var] = {}
+
+    def add(self, x: Operand, g: Var | None) -> None:
+        if g is None or isinstance(x, Const):
+            return
+        if g.shape != x.shape:
+            raise InternalCompilerError(f"cotangent of {x.name} has shape {g.type}, "
+                                        f"expected {x.type}")
+        cur = self.ct.get(x.name)
+        self.ct[x.name] = g if cur is None else self.b.emit("add", (cur, g), None,
+                                                            f"d_{x.name}")
+
+    def get(self, x: Var) -> Var | None:
+        return self.ct.get(x.name)
+
+
+def _sweep(eqns: tuple[Eqn, ...], cots: _Cots, b: Builder, fwd_eqns: list[Eqn]) -> None:
+    for k in range(len(eqns) - 1, -1, -1):
+        e = eqns[k]
+        gs = [cots.get(v) for v in e.outputs]
+        if all(g is None for g in gs):
+            continue
+        if e.op == "scan":
+            new_fwd, in_cots = _scan_vjp(e, gs, b)
+            fwd_eqns[k] = new_fwd
+        else:
+            in_cots = vjp(b, e, gs[0])  # type: ignore[arg-type]
+        for x, g in zip(e.inputs, in_cots, strict=False):
+            cots.add(x, g)
+
+
+def grad_program(prog: Program) -> GradPrograms:
+    names = _names_of(prog)
+    b = Builder(names)
+    cots = _Cots(b)
+    seeds = []
+    for name, v in zip(prog.output_names, prog.outputs, strict=True):
+        g = Var(names.fresh(f"d_{name}"), v.type)
+        seeds.append(g)
+        cots.add(v, g)
+    fwd_eqns = list(prog.eqns)
+    _sweep(prog.eqns, cots, b, fwd_eqns)
+    wrt = list(prog.param_vars) + [i.var for i in prog.inputs if i.role != "mask"]
+    grads = []
+    for v in wrt:
+        g = cots.get(v)
+        if g is None:
+            g = b.emit("zeros", (), None, f"d_{v.name}", {"shape": v.shape})
+        grads.append(g)
+    defined = {v.name for e in b.eqns for v in e.outputs} | {g.name for g in seeds}
+    primal = {v.name for v in prog.input_vars + prog.param_vars}
+    residuals: dict[str, Var] = {}
+    for e in b.eqns:
+        for x in e.inputs:
+            if isinstance(x, Var) and x.name not in defined and x.name not in primal:
+                residuals[x.name] = x
+    fwd = replace(prog, eqns=tuple(fwd_eqns), outputs=prog.outputs + tuple(residuals.values()),
+                  output_names=prog.output_names + tuple(f"residual:{n}" for n in residuals))
+    bwd_inputs = tuple(prog.inputs) + tuple(InputInfo(v, "residual") for v in residuals.values()) \
+        + tuple(InputInfo(g, "cotangent") for g in seeds)
+    bwd = replace(prog, name=prog.name + "_bptt", inputs=bwd_inputs, eqns=tuple(b.eqns),
+                  outputs=tuple(grads), output_names=tuple(f"d:{v.name}" for v in wrt))
+    return GradPrograms(fwd, bwd, tuple(residuals.values()), tuple(seeds), tuple(wrt))
+
+
+def _scan_vjp(e: Eqn, gs: list[Var | None], top: Builder) -> tuple[Eqn, list[Var | None]]:
+    """Reverse scan for forward scan ``e``; returns (forward scan with residuals, input cots)."""
+    spec: ScanSpec = e.attr("scan")
+    if spec.reverse or spec.n_sums or spec.n_spills:
+        raise InternalCompilerError("only forward scans can be differentiated")
+    body = spec.body
+    rb = Builder(top.names)
+    cots = _Cots(rb)
+    # seeds: each stored body output gets its array's accumulated cotangent at t
+    acc_in: list[Var] = []
+    for v, st in zip(body.outputs, spec.out_bind, strict=True):
+        assert isinstance(st, Store) and st.offset == 0 and not st.accumulate
+        g = rb.var(f"d_{v.name}", v.shape)
+        acc_in.append(g)
+        cots.add(v, g)
+    dummy: list[Eqn] = list(body.eqns)
+    _sweep(body.eqns, cots, rb, dummy)
+    if any(x.op == "scan" for x in body.eqns):
+        raise InternalCompilerError("nested scans are not supported")
+    return _assemble(e, spec, gs, top, rb, cots, acc_in)
+
+
+def _assemble(e: Eqn, spec: ScanSpec, gs: list[Var | None], top: Builder, rb: Builder,
+              cots: _Cots, acc_in: list[Var]) -> tuple[Eqn, list[Var | None]]:
+    body = spec.body
+    n_arr = len(spec.arrays)
+    # --- which forward-body values does the reverse body read? ------------------------------
+    defined = {v.name for x in rb.eqns for v in x.outputs} | {g.name for g in acc_in}
+    needed: dict[str, Var] = {}
+    for x in rb.eqns:
+        for v in x.inputs:
+            if isinstance(v, Var) and v.name not in defined:
+                needed[v.name] = v
+    body_in = {v.name: (v, bnd) for v, bnd in zip(body.inputs, spec.in_bind, strict=True)}
+    stored = {v.name: st.array for v, st in zip(body.outputs, spec.out_bind, strict=True)
+              if isinstance(st, Store)}
+    # forward scan gains residual arrays for intermediates
+    new_arrays = list(spec.arrays)
+    new_outs_body = list(body.outputs)
+    new_bind = list(spec.out_bind)
+    new_eqn_outs = list(e.outputs)
+    for name, v in needed.items():
+        if name in body_in or name in stored:
+            continue
+        if v.shape[:1] != (BATCH,):
+            raise InternalCompilerError(f"residual {name} is not per-step")
+        stored[name] = len(new_arrays)
+        new_arrays.append(OutArray(f"res.{name}"))
+        new_outs_body.append(v)
+        new_bind.append(Store(len(new_arrays) - 1))
+        new_eqn_outs.append(top.var(f"res.{name}", (spec.time,) + v.shape))
+    fspec = replace(spec, arrays=tuple(new_arrays),
+                    body=replace(body, outputs=tuple(new_outs_body)), out_bind=tuple(new_bind))
+    fwd = replace(e, outputs=tuple(new_eqn_outs), attrs=(("scan", fspec),))
+    # --- reverse scan operands ----------------------------------------------------------------
+    seqs: list[Var] = []
+    extras: list[Var] = []
+
+    def seq_index(v: Var) -> int:
+        if v not in seqs:
+            seqs.append(v)
+        return seqs.index(v)
+
+    r_in: list[Var] = []
+    r_bind: list[tuple[str, object]] = []  # deferred: resolved once seqs are final
+    for name, v in needed.items():
+        r_in.append(v)
+        if name in body_in:
+            _, bnd = body_in[name]
+            if isinstance(bnd, ConstRef):
+                r_bind.append(("const", e.inputs[bnd.index]))
+            else:
+                src = e.inputs[bnd.source[1]] if bnd.source[0] == "in" else new_eqn_outs[
+                    bnd.source[1]]
+                fb = e.inputs[bnd.fallback] if bnd.fallback is not None else None
+                r_bind.append(("tap", (seq_index(src), bnd.offset, fb)))  # type: ignore[arg-type]
+        else:
+            r_bind.append(("tap", (seq_index(new_eqn_outs[stored[name]]), 0, None)))
+    # written arrays: accumulators for forward arrays, then input-cotangent arrays
+    out_arrays: list[OutArray] = []
+    for j in range(n_arr):
+        g = gs[j]
+        init = None
+        if g is not None:
+            extras.append(g)
+            init = -1 - (len(extras) - 1)  # placeholder: resolved after seqs are known
+        out_arrays.append(OutArray(f"acc.{spec.arrays[j].name}", init))
+    r_out: list[Var] = []
+    r_obind: list[Store | SumTo] = []
+    n_sums = 0
+    spill_targets: list[Operand] = []
+    sum_targets: list[Operand] = []
+    dseq_arrays: dict[int, int] = {}
+    for v, bnd in zip(body.inputs, spec.in_bind, strict=True):
+        g = cots.get(v)
+        if g is None:
+            continue
+        if isinstance(bnd, ConstRef):
+            r_out.append(g)
+            r_obind.append(SumTo(n_sums))
+            n_sums += 1
+            sum_targets.append(e.inputs[bnd.index])
+            continue
+        spill = None
+        if bnd.fallback is not None:
+            spill = len(spill_targets)
+            spill_targets.append(e.inputs[bnd.fallback])
+        if bnd.source[0] == "out":
+            arr = bnd.source[1]
+        else:
+            i = bnd.source[1]
+            if i not in dseq_arrays:
+                dseq_arrays[i] = len(out_arrays)
+                out_arrays.append(OutArray(f"d.{e.inputs[i].name}"))
+            arr = dseq_arrays[i]
+        r_out.append(g)
+        r_obind.append(Store(arr, bnd.offset, True, spill))
+    # resolve operand indices: seqs first, then extras (acc inits, consts, fallbacks)
+    operands: list[Var] = list(seqs)
+    in_bind: list[Tap | ConstRef] = []
+
+    def extra_index(v: Operand) -> int:
+        assert isinstance(v, Var)
+        operands.append(v)
+        return len(operands) - 1
+
+    for kind, payload in r_bind:
+        if kind == "const":
+            in_bind.append(ConstRef(extra_index(payload)))  # type: ignore[arg-type]
+        else:
+            si, off, fb = payload  # type: ignore[misc]
+            in_bind.append(Tap(("in", si), off, None if fb is None else extra_index(fb)))
+    for j, g in enumerate(acc_in):
+        r_in.append(g)
+        in_bind.append(Tap(("out", j), 0, None))
+    arrays_final = []
+    for a in out_arrays:
+        if a.init is not None and a.init < 0:
+            a = replace(a, init=extra_index(extras[-1 - a.init]))
+        arrays_final.append(a)
+    rspec = ScanSpec(spec.time, True, len(seqs), tuple(arrays_final), n_sums, len(spill_targets),
+                     Region(tuple(r_in), tuple(rb.eqns), tuple(r_out)), tuple(in_bind),
+                     tuple(r_obind))
+    outs: list[Var] = []
+    for j, a in enumerate(arrays_final):
+        shape = (spec.time,) + (acc_in[j].shape if j < n_arr else None or _dseq_shape(
+            e, dseq_arrays, j))
+        outs.append(top.var(a.name, shape))
+    sums = [top.var(f"d_{t.name}", t.shape) for t in sum_targets]  # type: ignore[union-attr]
+    spills = [top.var(f"d_{t.name}", t.shape) for t in spill_targets]  # type: ignore[union-attr]
+    top.eqns.append(Eqn("scan", tuple(operands), tuple(outs + sums + spills),
+                        (("scan", rspec),), e.span, "BPTT of " + (e.comment or "scan")))
+    in_cots: list[Var | None] = [None] * len(e.inputs)
+
+    def give(i: int, g: Var) -> None:
+        cur = in_cots[i]
+        in_cots[i] = g if cur is None else top.emit("add", (cur, g), None, f"d_{g.name}")
+
+    for i, j in dseq_arrays.items():
+        give(i, outs[j])
+    for t, g in zip(sum_targets, sums, strict=True):
+        give(e.inputs.index(t), g)
+    for t, g in zip(spill_targets, spills, strict=True):
+        give(e.inputs.index(t), g)
+    return fwd, in_cots
+
+
+def _dseq_shape(e: Eqn, dseq: dict[int, int], j: int) -> tuple[object, ...]:
+    for i, a in dseq.items():
+        if a == j:
+            return e.inputs[i].shape[1:]
+    raise InternalCompilerError("cotangent array without a source")
+
+
+__all__ = ["GradPrograms", "TensorType", "grad_program"]
