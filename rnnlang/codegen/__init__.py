@@ -1,0 +1,1 @@
+"""IR -> readable Python source -> Numba. One emitter per target; shared writer and printer."""

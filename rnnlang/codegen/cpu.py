@@ -1,0 +1,314 @@
+"""CPU code generator: one `@njit` function per program, the time loop inside it.
+
+Scan bodies are lowered to: taps as array views (no copies), matmuls as BLAS calls into
+buffers allocated before the loop, slices as index offsets, and each run of pointwise
+equations of one shape as a single fused loop nest over (batch, features) whose temporaries
+stay in registers unless something outside the run reads them. Nothing is allocated inside
+the time loop.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from dataclasses import dataclass, field
+
+from rnnlang.codegen.writer import CodeWriter
+from rnnlang.diagnostics import InternalCompilerError
+from rnnlang.ir.nodes import (Const, ConstRef, Eqn, Operand, Program, ScanSpec, Store, SumTo, Tap,
+                              Var)
+from rnnlang.ir.ops import OPS
+from rnnlang.ir.types import Dim
+
+RESERVED = {"np", "math", "kernels", "njit", "DTYPE", "dims", "t", "range", "min", "max", "abs",
+            "len", "float", "int", "tuple", "print"} | {f"i{k}" for k in range(8)}
+_TOP_KERNELS = {"last": "kernels.last", "last_vjp": "kernels.last_vjp", "mean": "kernels.mean",
+                "mean_vjp": "kernels.mean_vjp", "reverse": "kernels.reverse",
+                "sum_time": "kernels.sum_time"}
+
+
+def symbols_of(prog: Program) -> tuple[str, ...]:
+    """Every size symbol a program's code needs, in the order of its ``dims`` argument."""
+    found: set[str] = set()
+
+    def dims_in(x: object) -> None:
+        if isinstance(x, Dim):
+            found.update(x.symbols)
+        elif isinstance(x, tuple):
+            for y in x:
+                dims_in(y)
+
+    def scan(eqns: tuple[Eqn, ...]) -> None:
+        for e in eqns:
+            for v in tuple(e.outputs) + tuple(x for x in e.inputs if isinstance(x, Var)):
+                dims_in(v.shape)
+            for k, a in e.attrs:
+                if isinstance(a, ScanSpec):
+                    dims_in(a.time)
+                    for v in a.body.inputs:
+                        dims_in(v.shape)
+                    scan(a.body.eqns)
+                else:
+                    dims_in(a)
+
+    for v in prog.input_vars + prog.param_vars + prog.outputs:
+        dims_in(v.shape)
+    scan(prog.eqns)
+    return tuple(sorted(found))
+
+
+@dataclass
+class _View:
+    base: str
+    offset: str  # added to the last index
+
+
+@dataclass
+class _Fn:
+    """Per-function naming state: IR names -> safe Python identifiers."""
+
+    w: CodeWriter
+    idents: dict[str, str] = field(default_factory=dict)
+    taken: set[str] = field(default_factory=lambda: set(RESERVED))
+    syms: dict[str, str] = field(default_factory=dict)
+    views: dict[str, _View] = field(default_factory=dict)
+    locals: dict[str, str] = field(default_factory=dict)  # scalar temporaries in a fused loop
+
+    def id(self, v: Var | str) -> str:
+        name = v if isinstance(v, str) else v.name
+        if name not in self.idents:
+            base = re.sub(r"\W", "_", name)
+            if not base or base[0].isdigit() or keyword.iskeyword(base):
+                base = "v_" + base
+            ident, k = base, 1
+            while ident in self.taken:
+                ident, k = f"{base}_{k}", k + 1
+            self.taken.add(ident)
+            self.idents[name] = ident
+        return self.idents[name]
+
+    def fresh(self, hint: str) -> str:
+        return self.id(f"{hint}#{len(self.idents)}")
+
+    def dim(self, d: Dim) -> str:
+        parts = []
+        for n, k in d.terms:
+            s = self.syms[n]
+            parts.append(s if k == 1 else f"{k} * {s}")
+        if d.const or not parts:
+            parts.append(str(d.const))
+        return " + ".join(parts).replace("+ -", "- ")
+
+    def shape(self, shape: tuple[Dim, ...]) -> str:
+        items = [self.dim(d) for d in shape]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+# ---- pointwise expressions ------------------------------------------------------------------
+def _ref(f: _Fn, x: Operand, out_shape: tuple[Dim, ...], idx: list[str]) -> str:
+    if isinstance(x, Const):
+        return repr(float(x.value))
+    if x.name in f.locals:
+        return f.locals[x.name]
+    if x.name in f.views:
+        view = f.views[x.name]
+        return f"{view.base}[{', '.join(idx[:-1] + [f'{view.offset} + {idx[-1]}'])}]"
+    shape = x.shape
+    pad = len(out_shape) - len(shape)
+    parts = []
+    for k, d in enumerate(shape):
+        od = out_shape[pad + k]
+        parts.append("0" if d == Dim.of(1) and od != Dim.of(1) else idx[pad + k])
+    return f"{f.id(x)}[{', '.join(parts)}]" if parts else f.id(x)
+
+
+def _scalar(f: _Fn, e: Eqn, idx: list[str]) -> str:
+    tmpl = OPS[e.op].scalar
+    assert tmpl is not None
+    args = [_ref(f, x, e.outputs[0].shape, idx) for x in e.inputs]
+    return "(" + tmpl.format(*args) + ")"
+
+
+def emit_pointwise_group(f: _Fn, group: list[Eqn], keep: set[str]) -> None:
+    """One loop nest for a run of same-shape pointwise equations."""
+    shape = group[0].outputs[0].shape
+    idx = [f"i{k}" for k in range(len(shape))]
+    depth = f.w.depth
+    for k, d in enumerate(shape):
+        f.w.line(f"for {idx[k]} in range({f.dim(d)}):")
+        f.w.depth += 1
+    for e in group:
+        out = e.outputs[0]
+        expr = _scalar(f, e, idx)
+        local = f.id(out) + "_s"
+        f.w.line(f"{local} = {expr}")
+        f.locals[out.name] = local
+        if out.name in keep:
+            f.w.line(f"{f.id(out)}[{', '.join(idx)}] = {local}")
+    f.w.depth = depth
+    for e in group:
+        f.locals.pop(e.outputs[0].name, None)
+
+
+def _groups(eqns: tuple[Eqn, ...]) -> list[list[Eqn]]:
+    out: list[list[Eqn]] = []
+    for e in eqns:
+        pw = OPS[e.op].pointwise
+        if pw and out and OPS[out[-1][0].op].pointwise and out[-1][0].outputs[0].shape == \
+                e.outputs[0].shape:
+            out[-1].append(e)
+        else:
+            out.append([e])
+    return out
+
+
+def _uses(eqns: tuple[Eqn, ...]) -> dict[str, set[int]]:
+    used: dict[str, set[int]] = {}
+    for k, e in enumerate(eqns):
+        for x in e.inputs:
+            if isinstance(x, Var):
+                used.setdefault(x.name, set()).add(k)
+    return used
+
+
+def _keep_set(eqns: tuple[Eqn, ...], groups: list[list[Eqn]], live_out: set[str]) -> set[str]:
+    """Values that must be materialized: read outside their fused group, or live out."""
+    uses = _uses(eqns)
+    pos = {id(e): k for k, e in enumerate(eqns)}
+    keep = set(live_out)
+    for g in groups:
+        inside = {pos[id(e)] for e in g}
+        for e in g:
+            name = e.outputs[0].name
+            if uses.get(name, set()) - inside:
+                keep.add(name)
+    return keep
+
+
+# ---- structural ops -------------------------------------------------------------------------
+def _copy_loop(f: _Fn, dst: str, src: Var, acc: bool = False) -> None:
+    idx = [f"i{k}" for k in range(len(src.shape))]
+    depth = f.w.depth
+    for k, d in enumerate(src.shape):
+        f.w.line(f"for {idx[k]} in range({f.dim(d)}):")
+        f.w.depth += 1
+    f.w.line(f"{dst}[{', '.join(idx)}] {'+=' if acc else '='} {_ref(f, src, src.shape, idx)}")
+    f.w.depth = depth
+
+
+def _sum_to(f: _Fn, e: Eqn, out: str) -> None:
+    (g,) = e.inputs
+    assert isinstance(g, Var)
+    target = e.outputs[0].shape
+    f.w.line(f"{out}[...] = 0.0" if target else f"{out} = 0.0")
+    idx = [f"i{k}" for k in range(len(g.shape))]
+    depth = f.w.depth
+    for k, d in enumerate(g.shape):
+        f.w.line(f"for {idx[k]} in range({f.dim(d)}):")
+        f.w.depth += 1
+    pad = len(g.shape) - len(target)
+    tidx = ["0" if target[k] == Dim.of(1) else idx[pad + k] for k in range(len(target))]
+    f.w.line(f"{out}[{', '.join(tidx)}] += {_ref(f, g, g.shape, idx)}")
+    f.w.depth = depth
+
+
+def _slice_index(f: _Fn, rank: int, start: str, stop: str) -> str:
+    return ", ".join([":"] * (rank - 1) + [f"{start}:{stop}"])
+
+
+def emit_top(f: _Fn, e: Eqn) -> None:
+    """A whole-tensor (non-scan, non-pointwise) equation at the top level."""
+    out = e.outputs[0]
+    o = f.id(out)
+    a = dict(e.attrs)
+    ins = [f.id(x) if isinstance(x, Var) else repr(x) for x in e.inputs]
+    rank = len(out.shape)
+    match e.op:
+        case "matmul":
+            fn = "kernels.mm3" if rank == 3 else "np.dot"
+            f.w.line(f"{o} = {fn}({ins[0]}, {ins[1]})")
+        case "matmul_nt":
+            f.w.line(f"{o} = kernels.mm3_nt({ins[0]}, {ins[1]})" if rank == 3 else
+                     f"{o} = np.dot({ins[0]}, {ins[1]}.T)")
+        case "matmul_tn":
+            fn = "kernels.mm3_tn" if len(e.inputs[0].shape) == 3 else "kernels.mm2_tn"
+            f.w.line(f"{o} = {fn}({ins[0]}, {ins[1]})")
+        case "slice":
+            sl = _slice_index(f, rank, f.dim(a["start"]), f.dim(a["stop"]))
+            f.w.line(f"{o} = np.ascontiguousarray({ins[0]}[{sl}])")
+        case "concat":
+            f.w.line(f"{o} = np.concatenate(({', '.join(ins)},), axis={rank - 1})")
+        case "pad":
+            start = f.dim(a["start"])
+            stop = f.dim(a["start"] + e.inputs[0].shape[-1])
+            f.w.line(f"{o} = np.zeros({f.shape(out.shape)}, DTYPE)")
+            f.w.line(f"{o}[{_slice_index(f, rank, start, stop)}] = {ins[0]}")
+        case "sum_to":
+            f.w.line(f"{o} = np.zeros({f.shape(out.shape)}, DTYPE)")
+            _sum_to(f, e, o)
+        case "zeros":
+            f.w.line(f"{o} = np.zeros({f.shape(out.shape)}, DTYPE)")
+        case "repeat":
+            f.w.line(f"{o} = kernels.repeat({ins[0]}, {f.dim(a['time'])})")
+        case "conv1d":
+            f.w.line(f"{o} = kernels.conv1d({ins[0]}, {ins[1]}, {ins[2]}, {a['stride']}, "
+                     f"{a['padding']}, {f.dim(a['time'])})")
+        case "conv1d_dx":
+            f.w.line(f"{o} = kernels.conv1d_dx({ins[0]}, {ins[1]}, {a['stride']}, "
+                     f"{a['padding']}, {f.dim(a['time'])})")
+        case "conv1d_dw":
+            f.w.line(f"{o} = kernels.conv1d_dw({ins[0]}, {ins[1]}, {a['kernel']}, "
+                     f"{a['stride']}, {a['padding']})")
+        case op if op in _TOP_KERNELS:
+            f.w.line(f"{o} = {_TOP_KERNELS[op]}({', '.join(ins)})")
+        case _:
+            raise InternalCompilerError(f"cpu codegen: no lowering for op '{e.op}'")
+
+
+def _echo(f: _Fn, e: Eqn, last: list[int]) -> None:
+    """Echo the source equation above its code, once per source line."""
+    sp = e.span
+    if sp is None or sp.line == last[0]:
+        return
+    last[0] = sp.line
+    text = sp.source.line(sp.line).strip()
+    f.w.comment(f"{sp.source.name.rsplit('/', 1)[-1]}:{sp.line}  {text}")
+
+
+def emit_eqns_top(f: _Fn, eqns: tuple[Eqn, ...], live_out: set[str]) -> None:
+    groups = _groups(eqns)
+    keep = _keep_set(eqns, groups, live_out)
+    last = [-1]
+    for g in groups:
+        _echo(f, g[0], last)
+        if OPS[g[0].op].pointwise:
+            for e in g:
+                if e.outputs[0].name in keep:
+                    f.w.line(f"{f.id(e.outputs[0])} = np.empty("
+                             f"{f.shape(e.outputs[0].shape)}, DTYPE)")
+            emit_pointwise_group(f, g, keep)
+        elif g[0].op == "scan":
+            from rnnlang.codegen.scan import emit_scan
+            emit_scan(f, g[0])
+        else:
+            emit_top(f, g[0])
+
+
+def emit_function(w: CodeWriter, fn_name: str, prog: Program) -> tuple[str, ...]:
+    """Emit ``fn_name(params..., inputs..., dims)``; returns the symbol order of ``dims``."""
+    f = _Fn(w)
+    syms = symbols_of(prog)
+    for s in syms:
+        f.syms[s] = f.id("n_" + s)
+    args = [f.id(v) for v in prog.param_vars + prog.input_vars]
+    w.line("@njit(cache=True)")
+    with w.block(f"def {fn_name}({', '.join(args + ['dims'])}):"):
+        for k, s in enumerate(syms):
+            w.line(f"{f.syms[s]} = dims[{k}]")
+        emit_eqns_top(f, prog.eqns, {v.name for v in prog.outputs})
+        outs = [f.id(v) for v in prog.outputs]
+        w.line(f"return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
+    return syms
+
+
+__all__ = ["ConstRef", "Store", "SumTo", "Tap", "emit_function", "symbols_of"]

@@ -1,0 +1,198 @@
+"""Lowering of one scan (forward recurrence or BPTT) to a fused time loop."""
+
+from __future__ import annotations
+
+from rnnlang.codegen.cpu import _Fn, _groups, _keep_set, _ref, _sum_to, _View, emit_pointwise_group
+from rnnlang.diagnostics import InternalCompilerError
+from rnnlang.ir.nodes import ConstRef, Eqn, ScanSpec, Store, SumTo, Tap, Var
+from rnnlang.ir.ops import OPS
+
+_MATERIALIZE = {"matmul": (0,), "matmul_nt": (0,), "matmul_tn": (0, 1)}
+
+
+def _loop_copy(f: _Fn, base: str, prefix: str, src: Var, acc: bool) -> None:
+    idx = [f"i{k}" for k in range(len(src.shape))]
+    depth = f.w.depth
+    for k, d in enumerate(src.shape):
+        f.w.line(f"for {idx[k]} in range({f.dim(d)}):")
+        f.w.depth += 1
+    where = ", ".join(([prefix] if prefix else []) + idx)
+    f.w.line(f"{base}[{where}] {'+=' if acc else '='} {_ref(f, src, src.shape, idx)}")
+    f.w.depth = depth
+
+
+def _time(off: int) -> str:
+    return "t" if off == 0 else (f"t + {off}" if off > 0 else f"t - {-off}")
+
+
+def _in_range(off: int, T: str) -> str:
+    return f"t >= {-off}" if off < 0 else f"t + {off} < {T}"
+
+
+def emit_scan(f: _Fn, e: Eqn) -> None:
+    spec: ScanSpec = e.attr("scan")
+    body = spec.body
+    w = f.w
+    T = f.fresh("T")
+    w.comment(f"{'reverse' if spec.reverse else 'forward'} time loop: "
+              f"{e.comment or 'scan'}")
+    w.line(f"{T} = {f.dim(spec.time)}")
+    arrays = []
+    for j, arr in enumerate(spec.arrays):
+        o = f.id(e.outputs[j])
+        arrays.append(o)
+        if arr.init is not None:
+            w.line(f"{o} = {f.id(e.inputs[arr.init])}.copy()")  # type: ignore[arg-type]
+        else:
+            w.line(f"{o} = np.zeros({f.shape(e.outputs[j].shape)}, DTYPE)")
+    n_arr = len(spec.arrays)
+    extra_outs = e.outputs[n_arr:]
+    for v in extra_outs:
+        w.line(f"{f.id(v)} = np.zeros({f.shape(v.shape)}, DTYPE)")
+    sums = [f.id(v) for v in extra_outs[: spec.n_sums]]
+    spills = [f.id(v) for v in extra_outs[spec.n_sums:]]
+    # loop invariants and tap fallbacks
+    taps: list[tuple[Var, Tap]] = []
+    for v, b in zip(body.inputs, spec.in_bind, strict=True):
+        if isinstance(b, ConstRef):
+            w.line(f"{f.id(v)} = {f.id(e.inputs[b.index])}")  # type: ignore[arg-type]
+        else:
+            taps.append((v, b))
+    zero_of: dict[int, str] = {}
+    for v, b in taps:
+        if b.offset != 0 and b.fallback is None:
+            z = f.fresh(f"zero_{v.name}")
+            zero_of[id(b)] = z
+            w.line(f"{z} = np.zeros({f.shape(v.shape)}, DTYPE)")
+    # storage plan for body values
+    outputs = {v.name for v in body.outputs}
+    direct: dict[str, str] = {}
+    inputs = {v.name for v in body.inputs}
+    views = {x.outputs[0].name for x in body.eqns if x.op == "slice"}
+    for v, ob in zip(body.outputs, spec.out_bind, strict=True):
+        if (isinstance(ob, Store) and not ob.accumulate and ob.offset == 0 and
+                v.name not in inputs and v.name not in direct and v.name not in views):
+            direct[v.name] = arrays[ob.array]
+    groups = _groups(body.eqns)
+    live = set(outputs)
+    for x in body.eqns:
+        if not OPS[x.op].pointwise:
+            live.update(v.name for v in x.inputs if isinstance(v, Var))
+    keep = _keep_set(body.eqns, groups, live)
+    scratch: dict[str, str] = {}
+    slice_of: dict[str, Eqn] = {}
+    for x in body.eqns:
+        out = x.outputs[0]
+        if x.op == "slice":
+            slice_of[out.name] = x
+            continue
+        if out.name in direct:
+            continue
+        if out.name in keep or not OPS[x.op].pointwise:
+            w.line(f"{f.id(out)} = np.empty({f.shape(out.shape)}, DTYPE)")
+    for x in body.eqns:
+        for k in _MATERIALIZE.get(x.op, ()):
+            a = x.inputs[k]
+            if isinstance(a, Var) and a.name in slice_of and a.name not in scratch:
+                scratch[a.name] = f.fresh(f"{a.name}_c")
+                w.line(f"{scratch[a.name]} = np.empty({f.shape(a.shape)}, DTYPE)")
+    steps = f"range({T} - 1, -1, -1)" if spec.reverse else f"range({T})"
+    with w.block(f"for t in {steps}:"):
+        for v, b in taps:
+            src = (f.id(e.inputs[b.source[1]]) if b.source[0] == "in"  # type: ignore[arg-type]
+                   else arrays[b.source[1]])
+            if b.offset == 0:
+                w.line(f"{f.id(v)} = {src}[t]")
+                continue
+            fb = zero_of.get(id(b)) or f.id(e.inputs[b.fallback])  # type: ignore[arg-type]
+            w.line(f"{f.id(v)} = {src}[{_time(b.offset)}] if {_in_range(b.offset, T)} "
+                   f"else {fb}")
+        for name, arr in direct.items():
+            w.line(f"{f.id(name)} = {arr}[t]")
+        last = [-1]
+        from rnnlang.codegen.cpu import _echo
+        for g in groups:
+            _echo(f, g[0], last)
+            if OPS[g[0].op].pointwise:
+                emit_pointwise_group(f, g, keep)
+            else:
+                _body_op(f, g[0], scratch)
+        _stores(f, spec, arrays, sums, spills, T, direct)
+
+
+def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str]) -> None:
+    out = e.outputs[0]
+    o = f.id(out)
+    a = dict(e.attrs)
+    if e.op == "slice":
+        base = e.inputs[0]
+        assert isinstance(base, Var)
+        off = f.dim(a["start"])
+        if base.name in f.views:
+            outer = f.views[base.name]
+            f.views[out.name] = _View(outer.base, f"{outer.offset} + {off}")
+        else:
+            f.views[out.name] = _View(f.id(base), off)
+        return
+    ins = []
+    for k, x in enumerate(e.inputs):
+        if isinstance(x, Var) and x.name in scratch and k in _MATERIALIZE.get(e.op, ()):
+            _loop_copy(f, scratch[x.name], "", x, False)
+            ins.append(scratch[x.name])
+        else:
+            ins.append(f.id(x) if isinstance(x, Var) else repr(x))
+    match e.op:
+        case "matmul":
+            f.w.line(f"np.dot({ins[0]}, {ins[1]}, {o})")
+        case "matmul_nt":
+            f.w.line(f"np.dot({ins[0]}, {ins[1]}.T, {o})")
+        case "matmul_tn":
+            f.w.line(f"np.dot({ins[0]}.T, {ins[1]}, {o})")
+        case "pad":
+            f.w.line(f"{o}[...] = 0.0")
+            src = e.inputs[0]
+            assert isinstance(src, Var)
+            _loop_copy_offset(f, o, src, f.dim(a["start"]))
+        case "concat":
+            start = None
+            for x in e.inputs:
+                assert isinstance(x, Var)
+                _loop_copy_offset(f, o, x, start or "0")
+                nxt = x.shape[-1]
+                start = f"{start} + {f.dim(nxt)}" if start else f.dim(nxt)
+        case "sum_to":
+            _sum_to(f, e, o)
+        case "zeros":
+            f.w.line(f"{o}[...] = 0.0")
+        case _:
+            raise InternalCompilerError(f"cpu codegen: op '{e.op}' cannot appear in a loop body")
+
+
+def _loop_copy_offset(f: _Fn, dst: str, src: Var, off: str) -> None:
+    idx = [f"i{k}" for k in range(len(src.shape))]
+    depth = f.w.depth
+    for k, d in enumerate(src.shape):
+        f.w.line(f"for {idx[k]} in range({f.dim(d)}):")
+        f.w.depth += 1
+    target = ", ".join(idx[:-1] + [f"{off} + {idx[-1]}"])
+    f.w.line(f"{dst}[{target}] = {_ref(f, src, src.shape, idx)}")
+    f.w.depth = depth
+
+
+def _stores(f: _Fn, spec: ScanSpec, arrays: list[str], sums: list[str], spills: list[str],
+            T: str, direct: dict[str, str]) -> None:
+    for v, ob in zip(spec.body.outputs, spec.out_bind, strict=True):
+        if isinstance(ob, SumTo):
+            _loop_copy(f, sums[ob.index], "", v, True)
+            continue
+        if v.name in direct and arrays[ob.array] == direct[v.name] and not ob.accumulate:
+            continue
+        when = _time(ob.offset)
+        if ob.offset == 0:
+            _loop_copy(f, arrays[ob.array], when, v, ob.accumulate)
+            continue
+        with f.w.block(f"if {_in_range(ob.offset, T)}:"):
+            _loop_copy(f, arrays[ob.array], when, v, ob.accumulate)
+        if ob.spill is not None:
+            with f.w.block("else:"):
+                _loop_copy(f, spills[ob.spill], "", v, True)
