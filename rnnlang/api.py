@@ -1,0 +1,288 @@
+"""The public Python API: `compile` a `.rnn` spec into a `Model`.
+
+A `Model` owns its parameters (named NumPy arrays), runs the forward pass, and gives gradients
+of output cotangents or of a scalar loss with respect to every parameter and input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rnnlang import __version__
+from rnnlang.autodiff.bptt import GradPrograms, grad_program
+from rnnlang.diagnostics import RnnUserError, error
+from rnnlang.ir.nodes import Program
+from rnnlang.ir.printer import print_program
+from rnnlang.ir.verify import verify
+from rnnlang.lower import lower_program
+from rnnlang.passes.pipeline import BACKWARD, PassLog, forward_passes, run_passes
+from rnnlang.runtime import (Bound, bind_inputs, init_params, param_dims_known, param_sizes,
+                             static_dims)
+from rnnlang.syntax.ast import Module
+from rnnlang.syntax.parse import parse
+
+TARGETS = ("cpu", "reference", "cuda")
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything that changes generated code; the CLI maps its flags onto this."""
+
+    target: str = "cpu"
+    dtype: str = "float32"
+    disabled_passes: frozenset[str] = frozenset()
+    verify: bool = False
+    cache_dir: Path | None = None
+    seed: int = 0
+
+
+def parse_program(source_or_path: str | os.PathLike[str]) -> tuple[Module, Path | None]:
+    """Parse a spec given as a path or as source text."""
+    text, name, base = _read_source(source_or_path)
+    return parse(text, name), base
+
+
+def _read_source(src: str | os.PathLike[str]) -> tuple[str, str, Path | None]:
+    if isinstance(src, os.PathLike) or (isinstance(src, str) and "\n" not in src and (
+            src.endswith(".rnn") or os.path.exists(src))):
+        path = Path(src)
+        try:
+            size = path.stat().st_size
+            from rnnlang.syntax.parse import MAX_SOURCE_BYTES
+            if size > MAX_SOURCE_BYTES:
+                raise error("E001", f"{path}: file is larger than {MAX_SOURCE_BYTES} bytes", None)
+            return path.read_text(encoding="utf-8"), str(path), path.parent
+        except (OSError, UnicodeDecodeError) as exc:
+            raise error("E003", f"cannot read {path}: {exc}", None) from None
+    return str(src), "<string>", None
+
+
+@dataclass
+class Gradients:
+    """Gradients by name: ``params`` (every parameter) and ``inputs`` (inputs and states)."""
+
+    params: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    loss: float | None = None
+
+
+class Model:
+    """A compiled model. Parameters are allocated once every size is known (at compile time
+    when all sizes are given or defaulted, else at the first call, from the data)."""
+
+    def __init__(self, program: Program, options: CompileOptions, source_text: str,
+                 source_name: str, static: dict[str, int], log: PassLog, raw: Program):
+        self.program = program
+        self.raw_program = raw
+        self.options = options
+        self.source_text = source_text
+        self.source_name = source_name
+        self.static = static
+        self.pass_log = log
+        self.dtype = np.dtype(options.dtype)
+        self.params: dict[str, np.ndarray] = {}
+        self._grad: GradPrograms | None = None
+        self._exec: Any = None
+        if param_dims_known(program, static):
+            self.params = init_params(program, static, self.dtype, options.seed)
+
+    # descriptive ----------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.program.name
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.var.name for i in self.program.inputs if i.role in ("seq", "vec")]
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.program.output_names)
+
+    @property
+    def state_names(self) -> list[str]:
+        return [i.var.name for i in self.program.inputs if i.role == "state"]
+
+    def grad_programs(self) -> GradPrograms:
+        if self._grad is None:
+            g = grad_program(self.program)
+            log = PassLog()
+            chk = verify if self.options.verify else None
+            fwd = run_passes(g.forward, BACKWARD, disabled=self.options.disabled_passes,
+                             log=log, verify=chk)
+            bwd = run_passes(g.backward, BACKWARD, disabled=self.options.disabled_passes,
+                             log=log, verify=chk)
+            self._grad = GradPrograms(fwd, bwd, g.residuals, g.cotangents, g.grads_of)
+        return self._grad
+
+    def emit(self, kind: str) -> str:
+        """Text of one pipeline stage: ``ir``, ``grad-ir`` or ``python``."""
+        if kind == "ir":
+            return print_program(self.program)
+        if kind == "grad-ir":
+            g = self.grad_programs()
+            return print_program(g.forward) + "\n" + print_program(g.backward)
+        if kind == "python":
+            return self._executor().source
+        raise ValueError(kind)
+
+    # execution ------------------------------------------------------------------------------
+    def _executor(self) -> Any:
+        if self._exec is None:
+            from rnnlang.executors import make_executor
+            self._exec = make_executor(self)
+        return self._exec
+
+    def _bind(self, inputs: Mapping[str, Any] | None, kw: Mapping[str, Any], lengths: Any,
+              initial: Mapping[str, Any] | None) -> Bound:
+        given = dict(inputs or {})
+        given.update(kw)
+        bound = bind_inputs(self.program, self.static, given, lengths, initial, self.dtype)
+        if not self.params:
+            self.params = init_params(self.program, bound.dims, self.dtype, self.options.seed)
+        self._check_params(bound.dims)
+        return bound
+
+    def _check_params(self, dims: Mapping[str, int]) -> None:
+        for name, shape in param_sizes(self.program, dims).items():
+            got = self.params.get(name)
+            if got is None or got.shape != shape:
+                raise error("E602", f"parameter {name} has shape "
+                            f"{None if got is None else got.shape} but the data needs {shape}",
+                            None, hint="sizes read from the data must match the parameters")
+            if got.dtype != self.dtype or not got.flags.c_contiguous:
+                self.params[name] = np.ascontiguousarray(got, dtype=self.dtype)
+
+    def forward(self, inputs: Mapping[str, Any] | None = None, *, lengths: Any = None,
+                initial: Mapping[str, Any] | None = None, **kw: Any) -> dict[str, np.ndarray]:
+        """Outputs by name. Sequences are (T, B, F); ``lengths`` masks padded steps."""
+        b = self._bind(inputs, kw, lengths, initial)
+        outs = self._executor().forward(b)
+        return dict(zip(self.program.output_names, outs, strict=True))
+
+    __call__ = forward
+
+    def vjp(self, inputs: Mapping[str, Any] | None = None, cotangents: Mapping[str, Any] | None
+            = None, *, lengths: Any = None, initial: Mapping[str, Any] | None = None,
+            **kw: Any) -> Gradients:
+        """Gradients of ``sum(cotangent * output)`` over the given outputs."""
+        b = self._bind(inputs, kw, lengths, initial)
+        outs, grads = self._executor().forward_backward(b, lambda o: self._cots(o, cotangents))
+        return self._pack(outs, grads)
+
+    def value_and_grad(self, loss: Callable[[dict[str, np.ndarray]], tuple[float, Mapping[
+            str, np.ndarray]]], inputs: Mapping[str, Any] | None = None, *, lengths: Any = None,
+            initial: Mapping[str, Any] | None = None, **kw: Any) -> Gradients:
+        """``loss(outputs) -> (value, d value / d outputs)``; returns value and gradients."""
+        b = self._bind(inputs, kw, lengths, initial)
+        box: dict[str, float] = {}
+
+        def seeds(outs: list[np.ndarray]) -> list[np.ndarray]:
+            value, cots = loss(dict(zip(self.program.output_names, outs, strict=True)))
+            box["loss"] = float(value)
+            return self._cots(outs, cots)
+
+        outs, grads = self._executor().forward_backward(b, seeds)
+        g = self._pack(outs, grads)
+        g.loss = box["loss"]
+        return g
+
+    def _cots(self, outs: list[np.ndarray], cots: Mapping[str, Any] | None) -> list[np.ndarray]:
+        cots = dict(cots or {})
+        res = []
+        for name, o in zip(self.program.output_names, outs, strict=True):
+            c = cots.pop(name, None)
+            arr = np.zeros_like(o) if c is None else np.asarray(c, dtype=self.dtype)
+            if arr.shape != o.shape:
+                raise error("E603", f"cotangent for '{name}' has shape {arr.shape}, output has "
+                            f"{o.shape}", None)
+            res.append(np.ascontiguousarray(arr))
+        if cots:
+            raise error("E603", f"no output named '{next(iter(cots))}'", None,
+                        hint="outputs are " + ", ".join(self.program.output_names))
+        return res
+
+    def _pack(self, outs: list[np.ndarray], grads: list[np.ndarray]) -> Gradients:
+        g = self.grad_programs()
+        pnames = {v.name for v in self.program.param_vars}
+        gp: dict[str, np.ndarray] = {}
+        gi: dict[str, np.ndarray] = {}
+        for v, arr in zip(g.grads_of, grads, strict=True):
+            (gp if v.name in pnames else gi)[v.name] = arr
+        return Gradients(gp, gi, dict(zip(self.program.output_names, outs, strict=True)))
+
+    # parameters -----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Parameters as ``.npz`` plus a JSON manifest, written atomically."""
+        from rnnlang.checkpoint import save_arrays
+        meta = {"rnnlang": __version__, "model": self.name, "dtype": self.options.dtype,
+                "dims": self.static}
+        save_arrays(Path(path), self.params, meta)
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        from rnnlang.checkpoint import load_arrays
+        arrays, _ = load_arrays(Path(path))
+        expected = {p.var.name for p in self.program.params}
+        missing = expected - set(arrays)
+        extra = set(arrays) - expected
+        if missing or extra:
+            raise error("E604", f"{path} does not match model '{self.name}': "
+                        f"missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]}", None)
+        for k, v in arrays.items():
+            if self.params and k in self.params and self.params[k].shape != v.shape:
+                raise error("E604", f"{path}: parameter {k} has shape {v.shape}, the model "
+                            f"has {self.params[k].shape}", None)
+        self.params = {k: np.ascontiguousarray(v, dtype=self.dtype) for k, v in arrays.items()}
+
+    def describe(self) -> str:
+        return json.dumps({"model": self.name, "inputs": self.input_names,
+                           "outputs": self.output_names, "states": self.state_names,
+                           "params": {k: list(v.shape) for k, v in self.params.items()}},
+                          indent=2)
+
+
+def build_program(source_or_path: str | os.PathLike[str], *, model: str | None = None,
+                  options: CompileOptions = CompileOptions(),
+                  dump: frozenset[str] = frozenset()) -> tuple[Program, Program, PassLog, str, str]:
+    text, name, base = _read_source(source_or_path)
+    module = parse(text, name)
+    raw = lower_program(module, base, model)
+    log = PassLog()
+    chk = verify if options.verify else None
+    if chk:
+        chk(raw)
+    prog = run_passes(raw, forward_passes(), disabled=options.disabled_passes, log=log,
+                      verify=chk, dump=dump)
+    return raw, prog, log, text, name
+
+
+def compile(source_or_path: str | os.PathLike[str], target: str = "cpu",
+            dtype: str = "float32", *, model: str | None = None, seed: int = 0,
+            cache_dir: str | os.PathLike[str] | None = None, verify_ir: bool = False,
+            disable_passes: tuple[str, ...] = (), **dims: int) -> Model:
+    """Compile a `.rnn` spec (a path or source text) for ``target`` (cpu, reference, cuda)."""
+    if target not in TARGETS:
+        raise error("E604", f"unknown target '{target}'", None, hint="one of " + ", ".join(TARGETS))
+    if dtype not in DTYPES:
+        raise error("E604", f"unknown dtype '{dtype}'", None, hint="float32 or float64")
+    opts = CompileOptions(target, dtype, frozenset(disable_passes), verify_ir,
+                          Path(cache_dir) if cache_dir is not None else None, int(seed))
+    raw, prog, log, text, name = build_program(source_or_path, model=model, options=opts)
+    static = static_dims(prog, dims)
+    m = Model(prog, opts, text, name, static, log, raw)
+    if target == "cuda":
+        from rnnlang.executors import check_cuda_available
+        check_cuda_available()
+    return m
+
+
+__all__ = ["CompileOptions", "Gradients", "Model", "RnnUserError", "compile", "parse_program"]

@@ -1,0 +1,1 @@
+"""IR -> IR passes, one per module; `pipeline.py` lists them in order."""
