@@ -23,8 +23,14 @@ from rnnlang.ir.printer import print_program
 from rnnlang.ir.verify import verify
 from rnnlang.lower import lower_program
 from rnnlang.passes.pipeline import BACKWARD, PassLog, forward_passes, run_passes
-from rnnlang.runtime import (Bound, bind_inputs, init_params, param_dims_known, param_sizes,
-                             static_dims)
+from rnnlang.runtime import (
+    Bound,
+    bind_inputs,
+    init_params,
+    param_dims_known,
+    param_sizes,
+    static_dims,
+)
 from rnnlang.syntax.ast import Module
 from rnnlang.syntax.parse import parse
 

@@ -84,8 +84,11 @@ def _opts(args: argparse.Namespace) -> dict[str, object]:
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     from rnnlang.api import parse_program
     from rnnlang.lower import check_module
-    errors = []
+    errors: list[str] = []
     for f in args.files:
+        if (msg := _unreadable(f)) is not None:
+            errors.append(msg)
+            continue
         try:
             module, base = parse_program(f)
             progs = check_module(module, base)
@@ -199,6 +202,18 @@ def _sum_of_squares(outs: dict[str, np.ndarray]) -> tuple[float, dict[str, np.nd
     return sum(0.5 * float((v.astype(np.float64) ** 2).sum()) for v in outs.values()), outs
 
 
+def _unreadable(path: Path | None) -> str | None:
+    """A diagnostic line when a spec file cannot be opened (before any work is done)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as exc:
+        why = (exc.strerror or type(exc).__name__).lower()
+        return f"{path}: error[E003]: cannot read this file: {why}"
+
+
 def _usage(msg: str) -> int:
     sys.stderr.write(f"rnnc: error: {msg}\n")
     return 2
@@ -221,6 +236,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         _dims(getattr(args, "dims", []))
     except argparse.ArgumentTypeError as exc:
         return _usage(str(exc))
+    if (msg := _unreadable(getattr(args, "file", None))) is not None:
+        sys.stderr.write(msg + "\n")
+        return 1
     try:
         return COMMANDS[args.cmd](args, out)
     except RnnUserError as exc:

@@ -57,15 +57,27 @@ class Diagnostic:
         return "\n".join(out)
 
 
+MAX_SHOWN = 100  # longest source excerpt shown under a diagnostic
+
+
 def _caret_lines(span: Span) -> list[str]:
     text = span.source.line(span.line).expandtabs(1)
     if not text and span.line > len(span.source.text.splitlines()):
         return []
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
     num = str(span.line)
     width = span.end_col - span.col if span.end_line == span.line else len(text) - span.col + 1
     width = max(1, min(width, max(1, len(text) - span.col + 1)))
+    col = span.col
+    if len(text) > MAX_SHOWN:  # a window around the span, so huge lines stay readable
+        start = max(0, min(col - 1 - MAX_SHOWN // 2, len(text) - MAX_SHOWN))
+        prefix = "..." if start > 0 else ""
+        suffix = "..." if start + MAX_SHOWN < len(text) else ""
+        text = prefix + text[start : start + MAX_SHOWN] + suffix
+        col = col - start + len(prefix)
+        width = max(1, min(width, MAX_SHOWN - (col - 1 - len(prefix))))
     pad = " " * len(num)
-    return [f" {num} | {text}", f" {pad} | {' ' * (span.col - 1)}{'^' * width}"]
+    return [f" {num} | {text}", f" {pad} | {' ' * (col - 1)}{'^' * width}"]
 
 
 class RnnUserError(Exception):

@@ -64,6 +64,8 @@ def _apply(e: Eqn, args: list[np.ndarray], dims: Mapping[str, int], dtype: np.dt
             return np.zeros(tuple(_ev(d, dims) for d in a["shape"]), dtype)
         case "repeat":
             return op.numpy(args[0], _ev(a["time"], dims))
+        case "shift":
+            return op.numpy(*args, by=a["by"])
         case "last_vjp":
             return op.numpy(args[0], args[1], 0)
         case "conv1d":

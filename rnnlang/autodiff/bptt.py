@@ -15,9 +15,22 @@ from dataclasses import dataclass, replace
 
 from rnnlang.autodiff.vjp import vjp
 from rnnlang.diagnostics import InternalCompilerError
-from rnnlang.ir.nodes import (Const, ConstRef, Eqn, InputInfo, Operand, OutArray, Program, Region,
-                              ScanSpec, Store, SumTo, Tap, Var)
-from rnnlang.ir.types import BATCH, TensorType
+from rnnlang.ir.nodes import (
+    Const,
+    ConstRef,
+    Eqn,
+    InputInfo,
+    Operand,
+    OutArray,
+    Program,
+    Region,
+    ScanSpec,
+    Store,
+    SumTo,
+    Tap,
+    Var,
+)
+from rnnlang.ir.types import BATCH, Dim, TensorType
 from rnnlang.lower.builder import Builder, NameGen
 
 
@@ -47,11 +60,45 @@ def _names_of(prog: Program) -> NameGen:
 
 
 class _Cots:
-    """Cotangent accumulator: one Var per primal value, summed with ``add``."""
+    """Cotangent accumulator: one Var per primal value, summed with ``add``.
+
+    Cotangents of slices (the gates of a ``split``) are kept as pieces and joined with one
+    ``concat`` when the whole value is read, instead of zero-padding each and adding.
+    """
 
     def __init__(self, b: Builder):
         self.b = b
         self.ct: dict[str, Var] = {}
+        self.pieces: dict[str, list[tuple[Dim, Var]]] = {}
+        self.primal: dict[str, Var] = {}
+
+    def add_slice(self, x: Operand, g: Var, start: Dim) -> None:
+        if isinstance(x, Const):
+            return
+        self.primal[x.name] = x
+        self.pieces.setdefault(x.name, []).append((start, g))
+
+    def _join(self, x: Var) -> Var | None:
+        pieces = sorted(self.pieces.pop(x.name, []), key=lambda p: p[0])
+        if not pieces:
+            return None
+        cursor, parts = Dim(), []
+        for start, g in pieces:
+            if start != cursor:
+                break
+            parts.append(g)
+            cursor = cursor + g.shape[-1]
+        if cursor == x.shape[-1] and len(parts) == len(pieces):
+            if len(parts) == 1:
+                return parts[0]
+            return self.b.emit("concat", tuple(parts), None, f"d_{x.name}")
+        total: Var | None = None
+        for start, g in pieces:
+            pad = self.b.emit("pad", (g,), None, f"d_{x.name}", {"start": start,
+                                                                 "total": x.shape[-1]})
+            total = pad if total is None else self.b.emit("add", (total, pad), None,
+                                                          f"d_{x.name}")
+        return total
 
     def add(self, x: Operand, g: Var | None) -> None:
         if g is None or isinstance(x, Const):
@@ -64,6 +111,12 @@ class _Cots:
                                                             f"d_{x.name}")
 
     def get(self, x: Var) -> Var | None:
+        if x.name in self.pieces:
+            joined = self._join(x)
+            cur = self.ct.get(x.name)
+            if joined is not None:
+                self.ct[x.name] = joined if cur is None else self.b.emit(
+                    "add", (cur, joined), None, f"d_{x.name}")
         return self.ct.get(x.name)
 
 
@@ -76,6 +129,9 @@ def _sweep(eqns: tuple[Eqn, ...], cots: _Cots, b: Builder, fwd_eqns: list[Eqn]) 
         if e.op == "scan":
             new_fwd, in_cots = _scan_vjp(e, gs, b)
             fwd_eqns[k] = new_fwd
+        elif e.op == "slice":
+            cots.add_slice(e.inputs[0], gs[0], e.attr("start"))  # type: ignore[arg-type]
+            continue
         else:
             in_cots = vjp(b, e, gs[0])  # type: ignore[arg-type]
         for x, g in zip(e.inputs, in_cots, strict=False):

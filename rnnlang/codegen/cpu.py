@@ -15,8 +15,18 @@ from dataclasses import dataclass, field
 
 from rnnlang.codegen.writer import CodeWriter
 from rnnlang.diagnostics import InternalCompilerError
-from rnnlang.ir.nodes import (Const, ConstRef, Eqn, Operand, Program, ScanSpec, Store, SumTo, Tap,
-                              Var)
+from rnnlang.ir.nodes import (
+    Const,
+    ConstRef,
+    Eqn,
+    Operand,
+    Program,
+    ScanSpec,
+    Store,
+    SumTo,
+    Tap,
+    Var,
+)
 from rnnlang.ir.ops import OPS
 from rnnlang.ir.types import Dim
 
@@ -73,6 +83,16 @@ class _Fn:
     syms: dict[str, str] = field(default_factory=dict)
     views: dict[str, _View] = field(default_factory=dict)
     locals: dict[str, str] = field(default_factory=dict)  # scalar temporaries in a fused loop
+    dtype: str = "float64"
+    consts: dict[float, str] = field(default_factory=dict)  # module-level typed constants
+
+    def const(self, value: float) -> str:
+        """A module-level constant of the program's dtype, so float32 code stays float32."""
+        v = float(value)
+        if v not in self.consts:
+            text = repr(v).replace("-", "m").replace(".", "_").replace("+", "")
+            self.consts[v] = f"K_{text}"
+        return self.consts[v]
 
     def id(self, v: Var | str) -> str:
         name = v if isinstance(v, str) else v.name
@@ -105,9 +125,19 @@ class _Fn:
 
 
 # ---- pointwise expressions ------------------------------------------------------------------
+_FLOAT32_FUNCS = (("math.tanh(", "_tanh32("), ("_sigmoid(", "_sigmoid32("))
+
+
+def _lvalue(f: _Fn, v: Var, idx: list[str]) -> str:
+    if v.name in f.views:
+        view = f.views[v.name]
+        return f"{view.base}[{', '.join(idx[:-1] + [f'{view.offset} + {idx[-1]}'])}]"
+    return f"{f.id(v)}[{', '.join(idx)}]"
+
+
 def _ref(f: _Fn, x: Operand, out_shape: tuple[Dim, ...], idx: list[str]) -> str:
     if isinstance(x, Const):
-        return repr(float(x.value))
+        return f.const(x.value)
     if x.name in f.locals:
         return f.locals[x.name]
     if x.name in f.views:
@@ -125,8 +155,11 @@ def _ref(f: _Fn, x: Operand, out_shape: tuple[Dim, ...], idx: list[str]) -> str:
 def _scalar(f: _Fn, e: Eqn, idx: list[str]) -> str:
     tmpl = OPS[e.op].scalar
     assert tmpl is not None
+    if f.dtype == "float32":
+        for a, b in _FLOAT32_FUNCS:
+            tmpl = tmpl.replace(a, b)
     args = [_ref(f, x, e.outputs[0].shape, idx) for x in e.inputs]
-    return "(" + tmpl.format(*args) + ")"
+    return tmpl.format(*args)
 
 
 def emit_pointwise_group(f: _Fn, group: list[Eqn], keep: set[str]) -> None:
@@ -144,7 +177,7 @@ def emit_pointwise_group(f: _Fn, group: list[Eqn], keep: set[str]) -> None:
         f.w.line(f"{local} = {expr}")
         f.locals[out.name] = local
         if out.name in keep:
-            f.w.line(f"{f.id(out)}[{', '.join(idx)}] = {local}")
+            f.w.line(f"{_lvalue(f, out, idx)} = {local}")
     f.w.depth = depth
     for e in group:
         f.locals.pop(e.outputs[0].name, None)
@@ -259,6 +292,10 @@ def emit_top(f: _Fn, e: Eqn) -> None:
         case "conv1d_dw":
             f.w.line(f"{o} = kernels.conv1d_dw({ins[0]}, {ins[1]}, {a['kernel']}, "
                      f"{a['stride']}, {a['padding']})")
+        case "shift" if len(ins) == 2:
+            f.w.line(f"{o} = kernels.shift({ins[0]}, {ins[1]}, {a['by']})")
+        case "shift":
+            f.w.line(f"{o} = kernels.shift0({ins[0]}, {a['by']})")
         case op if op in _TOP_KERNELS:
             f.w.line(f"{o} = {_TOP_KERNELS[op]}({', '.join(ins)})")
         case _:
@@ -294,14 +331,18 @@ def emit_eqns_top(f: _Fn, eqns: tuple[Eqn, ...], live_out: set[str]) -> None:
             emit_top(f, g[0])
 
 
-def emit_function(w: CodeWriter, fn_name: str, prog: Program) -> tuple[str, ...]:
+JIT = '@njit(cache=True, fastmath=kernels.FASTMATH, error_model="numpy")'
+
+
+def emit_function(w: CodeWriter, fn_name: str, prog: Program, dtype: str,
+                  consts: dict[float, str]) -> tuple[str, ...]:
     """Emit ``fn_name(params..., inputs..., dims)``; returns the symbol order of ``dims``."""
-    f = _Fn(w)
+    f = _Fn(w, dtype=dtype, consts=consts)
     syms = symbols_of(prog)
     for s in syms:
         f.syms[s] = f.id("n_" + s)
     args = [f.id(v) for v in prog.param_vars + prog.input_vars]
-    w.line("@njit(cache=True)")
+    w.line(JIT)
     with w.block(f"def {fn_name}({', '.join(args + ['dims'])}):"):
         for k, s in enumerate(syms):
             w.line(f"{f.syms[s]} = dims[{k}]")

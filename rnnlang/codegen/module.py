@@ -9,8 +9,9 @@ from rnnlang.codegen.cpu import emit_function
 from rnnlang.codegen.writer import CodeWriter
 from rnnlang.ir.nodes import Program
 
-_PRELUDE = ("_sigmoid", "_softplus", "_hard_sigmoid", "_elu", "_gelu", "_d_gelu", "_d_softsign",
-            "_sign")
+_PRELUDE = ("_sigmoid", "_sigmoid32", "_tanh32", "_softplus", "_hard_sigmoid", "_elu", "_gelu",
+            "_d_gelu", "_d_softsign", "_sign")
+_NAMED = (("_ZERO", 0.0), ("_ONE", 1.0), ("_HALF", 0.5), ("_THREE", 3.0), ("_SIXTH", 1.0 / 6.0))
 
 
 def emit_cpu_module(programs: dict[str, Program], *, dtype: str, source_name: str,
@@ -31,9 +32,16 @@ def emit_cpu_module(programs: dict[str, Program], *, dtype: str, source_name: st
     w.line(f"from rnnlang.codegen.kernels import {', '.join(_PRELUDE)}  # noqa: F401")
     w.line()
     w.line(f"DTYPE = np.{dtype}")
+    for name, value in _NAMED:
+        w.line(f"{name} = DTYPE({value!r})")
+    body = CodeWriter()
+    consts: dict[float, str] = {}
     syms = {}
     for name, prog in programs.items():
-        w.line()
-        w.line()
-        syms[name] = emit_function(w, name, prog)
+        body.line()
+        body.line()
+        syms[name] = emit_function(body, name, prog, dtype, consts)
+    for value, cname in sorted(consts.items(), key=lambda kv: kv[1]):
+        w.line(f"{cname} = DTYPE({value!r})")
+    w.lines.extend(body.lines)
     return w.source(), syms

@@ -79,6 +79,8 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
         if not OPS[x.op].pointwise:
             live.update(v.name for v in x.inputs if isinstance(v, Var))
     keep = _keep_set(body.eqns, groups, live)
+    in_place = _concat_in_place(f, body.eqns, inputs | set(direct) | views)
+    keep |= in_place
     scratch: dict[str, str] = {}
     slice_of: dict[str, Eqn] = {}
     for x in body.eqns:
@@ -86,7 +88,7 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
         if x.op == "slice":
             slice_of[out.name] = x
             continue
-        if out.name in direct:
+        if out.name in direct or out.name in in_place:
             continue
         if out.name in keep or not OPS[x.op].pointwise:
             w.line(f"{f.id(out)} = np.empty({f.shape(out.shape)}, DTYPE)")
@@ -118,6 +120,28 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
             else:
                 _body_op(f, g[0], scratch)
         _stores(f, spec, arrays, sums, spills, T, direct)
+
+
+def _concat_in_place(f: _Fn, eqns: tuple[Eqn, ...], excluded: set[str]) -> set[str]:
+    """Let pointwise producers write straight into a concat's buffer (no copy)."""
+    producers = {x.outputs[0].name for x in eqns if OPS[x.op].pointwise}
+    excluded = excluded | {v.name for x in eqns if not OPS[x.op].pointwise and x.op != "concat"
+                           for v in x.inputs if isinstance(v, Var)}
+    done: set[str] = set()
+    for x in eqns:
+        if x.op != "concat":
+            continue
+        names = [v.name for v in x.inputs if isinstance(v, Var)]
+        if len(names) != len(x.inputs) or len(set(names)) != len(names) or any(
+                n not in producers or n in excluded or n in done for n in names):
+            continue
+        offset = "0"
+        for v in x.inputs:
+            assert isinstance(v, Var)
+            f.views[v.name] = _View(f.id(x.outputs[0]), offset)
+            offset = f.dim(v.shape[-1]) if offset == "0" else f"{offset} + {f.dim(v.shape[-1])}"
+            done.add(v.name)
+    return done
 
 
 def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str]) -> None:
@@ -153,6 +177,8 @@ def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str]) -> None:
             src = e.inputs[0]
             assert isinstance(src, Var)
             _loop_copy_offset(f, o, src, f.dim(a["start"]))
+        case "concat" if all(isinstance(x, Var) and x.name in f.views for x in e.inputs):
+            pass  # its parts were written in place
         case "concat":
             start = None
             for x in e.inputs:

@@ -89,8 +89,8 @@ _UNARY: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str, str]] = {
     "identity": (lambda x: x, "{0}", "identity (linear) activation"),
     "tanh": (np.tanh, "math.tanh({0})", "hyperbolic tangent"),
     "sigmoid": (_sigmoid, "_sigmoid({0})", "logistic sigmoid 1/(1+exp(-x))"),
-    "relu": (lambda x: np.maximum(x, 0), "max({0}, 0.0)", "max(x, 0)"),
-    "softsign": (lambda x: x / (1 + np.abs(x)), "{0} / (1.0 + abs({0}))", "x/(1+|x|)"),
+    "relu": (lambda x: np.maximum(x, 0), "max({0}, _ZERO)", "max(x, 0)"),
+    "softsign": (lambda x: x / (1 + np.abs(x)), "{0} / (_ONE + abs({0}))", "x/(1+|x|)"),
     "hard_sigmoid": (_hsig, "_hard_sigmoid({0})", "PyTorch's hardsigmoid: clip(x/6+1/2, 0, 1)"),
     "exp": (np.exp, "math.exp({0})", "exponential"),
     "log": (np.log, "math.log({0})", "natural logarithm"),
@@ -101,13 +101,13 @@ _UNARY: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str, str]] = {
     "sqrt": (np.sqrt, "math.sqrt({0})", "square root"),
     "square": (np.square, "{0} * {0}", "x*x"),
     # derivative helpers used by the VJP rules (not written by users)
-    "d_relu": (lambda x: (x > 0).astype(x.dtype), "(1.0 if {0} > 0.0 else 0.0)", "relu'(x)"),
+    "d_relu": (lambda x: (x > 0).astype(x.dtype), "(_ONE if {0} > _ZERO else _ZERO)", "relu'(x)"),
     "d_softsign": (lambda x: 1.0 / (1 + np.abs(x)) ** 2, "_d_softsign({0})", "softsign'(x)"),
     "d_hard_sigmoid": (lambda x: ((x > -3) & (x < 3)).astype(x.dtype) / 6.0,
-                       "(1.0 / 6.0 if -3.0 < {0} < 3.0 else 0.0)", "hard_sigmoid'(x)"),
+                       "(_SIXTH if -_THREE < {0} < _THREE else _ZERO)", "hard_sigmoid'(x)"),
     "d_abs": (np.sign, "_sign({0})", "sign(x)"),
     "d_elu": (lambda x: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0))).astype(x.dtype),
-              "(1.0 if {0} > 0.0 else math.exp({0}))", "elu'(x)"),
+              "(_ONE if {0} > _ZERO else math.exp({0}))", "elu'(x)"),
     "d_gelu": (_d_gelu, "_d_gelu({0})", "gelu'(x)"),
 }
 
@@ -117,8 +117,8 @@ _BINARY: dict[str, tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], str, st
     "mul": (np.multiply, "{0} * {1}", "a * b"),
     "div": (np.divide, "{0} / {1}", "a / b"),
     # derivative helpers: f'(x) written in terms of the output y
-    "d_tanh": (lambda g, y: g * (1 - y * y), "{0} * (1.0 - {1} * {1})", "g * (1 - y^2)"),
-    "d_sigmoid": (lambda g, y: g * y * (1 - y), "{0} * {1} * (1.0 - {1})", "g * y * (1 - y)"),
+    "d_tanh": (lambda g, y: g * (1 - y * y), "{0} * (_ONE - {1} * {1})", "g * (1 - y^2)"),
+    "d_sigmoid": (lambda g, y: g * y * (1 - y), "{0} * {1} * (_ONE - {1})", "g * y * (1 - y)"),
 }
 
 USER_FUNCTIONS = ("identity", "tanh", "sigmoid", "relu", "softsign", "hard_sigmoid", "exp", "log",
@@ -269,6 +269,13 @@ def np_conv1d_dw(x: np.ndarray, g: np.ndarray, kernel: int, stride: int,
     return dw
 
 
+def np_shift(seq: np.ndarray, *rest: np.ndarray, by: int = 1) -> np.ndarray:
+    out = np.empty_like(seq)
+    out[by:] = seq[: seq.shape[0] - by]
+    out[:by] = rest[0] if rest else 0.0
+    return out
+
+
 def _pad_np(a: np.ndarray, start: int, total: int) -> np.ndarray:
     out = np.zeros(a.shape[:-1] + (total,), a.dtype)
     out[..., start : start + a.shape[-1]] = a
@@ -290,7 +297,7 @@ def _table() -> dict[str, OpDef]:
     for name, (fn2, tmpl, doc) in _BINARY.items():
         rows.append(OpDef(name, 2, _bcast, fn2, tmpl, doc))
     rows += [
-        OpDef("select", 3, _bcast, _select, "({1} if {0} > 0.5 else {2})",
+        OpDef("select", 3, _bcast, _select, "({1} if {0} > _HALF else {2})",
               "mask ? a : b; freezes states at padded steps"),
         OpDef("matmul", 2, _matmul_shape, lambda a, w: a @ w, None, "row vectors times a matrix"),
         OpDef("matmul_nt", 2, _matmul_nt_shape, lambda g, w: g @ w.T, None, "g @ W^T"),
@@ -309,6 +316,8 @@ def _table() -> dict[str, OpDef]:
         OpDef("reverse", 2, _seq_like_shape, np_reverse, None, "reverse within lengths"),
         OpDef("repeat", 1, _repeat_shape, lambda v, t: np.repeat(v[None], t, 0), None,
               "a vector at every step"),
+        OpDef("shift", None, _seq_like_shape, np_shift, None,
+              "seq delayed by k steps, the fallback (or zeros) before the start"),
         OpDef("sum_time", 1, _seq_reduce_shape, lambda s: s.sum(axis=0), None, "sum over time"),
         OpDef("conv1d", 3, _conv_shape, np_conv1d, None, "convolution over time"),
         OpDef("conv1d_dx", 2, _conv_dx_shape, np_conv1d_dx, None, "conv1d input gradient"),

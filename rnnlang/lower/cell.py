@@ -7,11 +7,22 @@ parameters become loop invariants, and each recurrent state is frozen at padded 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from rnnlang.diagnostics import Span, did_you_mean, error
-from rnnlang.ir.nodes import (ConstRef, Eqn, InitSpec, Operand, OutArray, Param, Region,
-                              ScanSpec, Store, Tap, Var)
+from rnnlang.diagnostics import RnnUserError, Span, did_you_mean, error
+from rnnlang.ir.nodes import (
+    ConstRef,
+    Eqn,
+    InitSpec,
+    Operand,
+    OutArray,
+    Param,
+    Region,
+    ScanSpec,
+    Store,
+    Tap,
+    Var,
+)
 from rnnlang.ir.ops import USER_FUNCTIONS
 from rnnlang.ir.types import BATCH, ONE, Dim, TensorType
 from rnnlang.lower.builder import Builder, NameGen
@@ -97,6 +108,9 @@ class _CellLowering(ExprLowering):
         return list(self.locals) + list(self.ports) + c.states + [
             s.name for s in c.cell.body if isinstance(s, ast.ParamDecl)]
 
+    def size_names(self) -> dict[str, str]:
+        return cell_size_names(self.ctx.dims)
+
     def _input(self, key: tuple[object, ...], hint: str, shape: tuple[Dim, ...],
                bind: Tap | ConstRef) -> Var:
         if key not in self.ctx.body_in:
@@ -148,7 +162,7 @@ class _CellLowering(ExprLowering):
     def index(self, e: ast.Index) -> Value:
         if not isinstance(e.base, ast.Name):
             raise error("E308", "only a name can be delayed, as in s[t-1]", e.span)
-        k = _delay(e.index)
+        k = _delay(e.index, e.base.id)
         n = e.base.id
         if k == 0:
             return self.resolve(e.base)
@@ -163,47 +177,94 @@ class _CellLowering(ExprLowering):
         return self.resolve(e.base)
 
 
-def _delay(e: ast.Expr) -> int:
+def cell_size_names(env: dict[str, Dim]) -> dict[str, str]:
+    """Model size -> the cell's own size name, for sizes bound one-to-one (``I = F``)."""
+    by_symbol: dict[str, list[str]] = {}
+    ambiguous: set[str] = set()
+    for name, d in env.items():
+        if d.const == 0 and len(d.terms) == 1 and d.terms[0][1] == 1:
+            by_symbol.setdefault(d.terms[0][0], []).append(name)
+        else:
+            ambiguous.update(d.symbols)
+    return {sym: names[0] for sym, names in by_symbol.items()
+            if len(names) == 1 and sym not in ambiguous}
+
+
+def _bindings(env: dict[str, Dim]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in env.items())
+
+
+def _span_text(span: Span) -> str:
+    if span.end_line != span.line:
+        return span.source.line(span.line)[span.col - 1 :].strip()
+    return span.source.line(span.line)[span.col - 1 : span.end_col - 1]
+
+
+_SHAPE_ERRORS = frozenset({"E203", "E204", "E205", "E207", "E211"})
+
+
+def _delay(e: ast.Expr, name: str = "s") -> int:
     match e:
         case ast.Name(id="t"):
             return 0
-        case ast.BinOp(op="-", left=ast.Name(id="t"), right=ast.Num(value=v, text=txt)) if (
-                "." not in txt and 1 <= v <= MAX_DELAY):
+        case ast.BinOp(op="-", left=ast.Name(id="t"), right=ast.Num(value=v, text=txt)):
+            if not float(v).is_integer() or "." in txt:
+                raise error("E311", f"a delay must be a whole number of steps, not {txt}", e.span,
+                            hint=f"write {name}[t-1], {name}[t-2], ...")
+            if v > MAX_DELAY:
+                raise error("E311", f"a delay of {txt} steps is longer than the limit of "
+                            f"{MAX_DELAY}", e.span)
             return int(v)
+        case ast.BinOp(op="+", left=ast.Name(id="t")):
+            raise error("E311", f"'{name}[{_span_text(e.span)}]' would read a future step", e.span,
+                        hint=f"a cell sees only the current and earlier steps, e.g. {name}[t-1]")
     raise error("E311", f"a delay must look like [t-k] with k an integer from 1 to {MAX_DELAY}",
-                e.span)
+                e.span, hint=f"for example {name}[t-1]")
 
 
 def bind_cell_dims(cell: ast.CellDef, call: ast.Call, x: Var, outer: ExprLowering,
                    ) -> tuple[dict[str, Dim], dict[str, str]]:
     """Sizes from the input sequence and the call's arguments; activation overrides."""
+    check_declarations(cell)
     fn_decls = {s.name: s for s in cell.body if isinstance(s, ast.FnDecl)}
     env: dict[str, Dim] = {}
     if len(cell.inputs) != 1:
-        raise error("E401", f"cell '{cell.name}' has {len(cell.inputs)} inputs; 'over' feeds one "
-                    "sequence", call.span, hint="concatenate the inputs into one vector port")
+        raise error("E416", f"cell '{cell.name}' has {len(cell.inputs)} inputs; 'over' feeds it "
+                    "one sequence", call.span,
+                    hint="give the cell one input port and concatenate the inputs into it: "
+                    "concat(a, b)")
     port = cell.inputs[0]
     feat = features(x)
     if len(port.dim.terms) == 1 and port.dim.terms[0][1] == 1 and port.dim.const == 0:
         env[port.dim.terms[0][0]] = feat
     elif port.dim.terms or Dim.of(port.dim.const) != feat:
-        raise error("E402", f"cell '{cell.name}' input {port.name}[...] cannot take {describe(x)}",
-                    call.span)
+        raise error("E402", f"cell '{cell.name}' reads {port.name}[{port.dim.const}] but is applied "
+                    f"over {describe(x)}", call.span)
     free = [s for s in cell_symbols(cell) if s not in env]
     if len(call.args) > len(free):
         raise error("E403", f"cell '{cell.name}' takes {len(free)} size argument(s) "
-                    f"({', '.join(free) or 'none'}) but {len(call.args)} were given", call.span)
+                    f"({', '.join(free) or 'none'}) but {len(call.args)} were given", call.span,
+                    hint=f"write {cell.name}({', '.join(free)})" + (
+                        f"; its input size {', '.join(env)} comes from the sequence" if env else ""))
     for name, a in zip(free, call.args, strict=False):
-        env[name] = outer.dim(a)
+        env[name] = outer.size(a, f"size {name} of '{cell.name}'")
     fns = {n: d.default for n, d in fn_decls.items()}
     for k, v in call.kwargs:
         if k in fn_decls:
             if not (isinstance(v, ast.Name) and v.id in USER_FUNCTIONS):
-                raise error("E404", f"'{k}' selects an activation: one of "
-                            f"{', '.join(USER_FUNCTIONS)}", v.span)
+                what = f"unknown activation '{v.id}'" if isinstance(v, ast.Name) else (
+                    "not an activation")
+                raise error("E404", f"{what} for '{k}'", v.span,
+                            hint=(did_you_mean(v.id, USER_FUNCTIONS) if isinstance(v, ast.Name)
+                                  else None) or "one of " + ", ".join(USER_FUNCTIONS))
             fns[k] = v.id
+        elif k in env and k not in free:
+            raise error("E405", f"size {k} of '{cell.name}' comes from the input sequence",
+                        v.span, hint=f"remove {k}=...")
         elif k in free:
-            env[k] = outer.dim(v)
+            if k in env:
+                raise error("E405", f"size {k} of '{cell.name}' is given twice", v.span)
+            env[k] = outer.size(v, f"size {k} of '{cell.name}'")
         else:
             raise error("E405", f"cell '{cell.name}' has no size or activation '{k}'", v.span,
                         hint=did_you_mean(k, free + list(fn_decls)))
@@ -214,8 +275,37 @@ def bind_cell_dims(cell: ast.CellDef, call: ast.Call, x: Var, outer: ExprLowerin
     for n, d in fn_decls.items():
         if d.default not in USER_FUNCTIONS:
             raise error("E404", f"unknown activation '{d.default}' for '{n}'", d.default_span,
-                        hint=did_you_mean(d.default, USER_FUNCTIONS))
+                        hint=did_you_mean(d.default, USER_FUNCTIONS) or "one of " + ", ".join(
+                            USER_FUNCTIONS))
     return env, fns
+
+
+def check_declarations(cell: ast.CellDef) -> None:
+    """Each port, state, parameter and activation name is declared once."""
+    seen: dict[str, tuple[str, Span]] = {}
+
+    def declare(name: str, kind: str, span: Span) -> None:
+        if name in seen:
+            other, first = seen[name]
+            raise error("E210", f"'{name}' is declared twice in cell '{cell.name}'", span,
+                        hint=f"it is already {other} on line {first.line}")
+        seen[name] = (kind, span)
+
+    for p in cell.inputs:
+        declare(p.name, "an input", p.span)
+    outs = {p.name for p in cell.outputs}
+    for p in cell.outputs:
+        declare(p.name, "an output", p.span)
+    for st in cell.body:
+        match st:
+            case ast.StateDecl() if st.name in outs:  # an output declared as a state: allowed
+                pass
+            case ast.StateDecl():
+                declare(st.name, "a state", st.span)
+            case ast.ParamDecl():
+                declare(st.name, "a parameter", st.span)
+            case ast.FnDecl():
+                declare(st.name, "an activation", st.span)
 
 
 def lower_cell_body(cell: ast.CellDef, ctx: _Ctx, b: Builder) -> dict[str, Var]:
@@ -230,24 +320,52 @@ def lower_cell_body(cell: ast.CellDef, ctx: _Ctx, b: Builder) -> dict[str, Var]:
         vals = v if isinstance(v, tuple) else (v,)
         if len(vals) != len(s.targets):
             raise error("E209", f"{len(s.targets)} name(s) on the left but {len(vals)} value(s) "
-                        "on the right", s.span)
+                        "on the right", s.span, hint=targets_hint(len(vals)))
         for (name, sp), val in zip(s.targets, vals, strict=True):
-            if name in reserved or name in locals_ or name == "t":
+            if name == "t":
+                raise error("E210", "'t' is the time step and cannot be assigned", sp)
+            if name in reserved:
+                kind = ("the cell's input" if name in ports else "a parameter"
+                        if name in ctx.params else "an activation")
+                raise error("E210", f"'{name}' is {kind} and cannot be assigned", sp)
+            if name in locals_:
                 raise error("E210", f"'{name}' is already defined; each name is assigned once "
-                            "per step", sp)
+                            "per step", sp, hint="use a new name for the new value")
             if not isinstance(val, Var) or val.shape[:1] != (BATCH,):
-                raise error("E211", f"'{name}' must be a per-step vector, got {describe(val)}"
-                            if isinstance(val, Var) else f"'{name}' is a constant", sp)
+                raise error("E211", f"'{name}' must be a per-step vector, got {low.show(val)}"
+                            if isinstance(val, Var) else f"'{name}' is a constant", sp,
+                            hint="cell values are computed from the input or the state each "
+                            "step, e.g. h = tanh(x @ W + b)")
             locals_[name] = b.rename(val, name) if len(set(vals)) == len(vals) else val
     for name in [p.name for p in cell.outputs] + ctx.states:
         if name not in locals_:
-            raise error("E212", f"cell '{cell.name}' never assigns '{name}'", cell.span)
+            kind = "output" if name in [p.name for p in cell.outputs] else "state"
+            raise error("E212", f"cell '{cell.name}' never assigns its {kind} '{name}'",
+                        _decl_span(cell, name),
+                        hint=f"assign it in the cell body: {name} = ..." + (
+                            f" (read the previous step as {name}[t-1])" if kind == "state"
+                            else ""))
         want = low.state_dim(name)
         got = locals_[name]
         if got.shape != (BATCH, want):
-            raise error("E203", f"'{name}' is declared [{want}] but assigned {describe(got)}",
-                        _assign_span(cell, name))
+            raise error("E203", f"'{name}' is declared [{low.show_dim(want)}] but assigned "
+                        f"{low.show(got)}", _assign_span(cell, name))
     return locals_
+
+
+def targets_hint(n: int) -> str:
+    names = ", ".join("abcdefgh"[:n]) if n <= 8 else "a, b, ..."
+    return f"write one name per value: {names} = ..."
+
+
+def _decl_span(cell: ast.CellDef, name: str) -> Span:
+    for st in cell.body:
+        if isinstance(st, ast.StateDecl) and st.name == name:
+            return st.span
+    for p in cell.outputs:
+        if p.name == name:
+            return p.span
+    return cell.span
 
 
 def _assign_span(cell: ast.CellDef, name: str) -> Span:
@@ -282,7 +400,13 @@ def apply_cell(cell: ast.CellDef, call: ast.Call, x: Var, mask: Var, layer: str,
     params_out.extend(params)
     ctx = _Ctx(cell, layer, env, fns, states, params=pvars)
     body = Builder(top.names)
-    locals_ = lower_cell_body(cell, ctx, body)
+    try:
+        locals_ = lower_cell_body(cell, ctx, body)
+    except RnnUserError as exc:  # say where and with which sizes the cell was applied
+        note = (f"in {_span_text(call.span)} applied at {call.span}, where "
+                f"{_bindings(env)}")
+        raise RnnUserError(replace(d, notes=d.notes + (note,)) if d.code in _SHAPE_ERRORS
+                           else d for d in exc.diagnostics) from None
     low = _CellLowering(body, ctx, {}, locals_)
     mask_t = body.var("m", (BATCH, ONE))
     stores: list[tuple[Var, Store]] = []
@@ -296,13 +420,14 @@ def apply_cell(cell: ast.CellDef, call: ast.Call, x: Var, mask: Var, layer: str,
     # scan operands: seqs [x, mask], then invariants (params, init fallbacks)
     operands: list[Var] = [x, mask]
     in_bind: list[Tap | ConstRef] = []
-    for key, var in ctx.body_in.items():
+    for key in ctx.body_in:
         bnd = ctx.in_bind[key]
         if isinstance(bnd, ConstRef):
             operands.append(pvars[key[1]])  # type: ignore[index]
             bnd = ConstRef(len(operands) - 1)
         in_bind.append(bnd)
-    inits = _init_values(cell, ctx, layer, init, low, top, params_out, state_inputs, outer)
+    inits = _init_values(cell, ctx, layer, init, low, top, params_out, state_inputs, outer,
+                         call)
     for i, (key, bnd) in enumerate(zip(ctx.body_in, in_bind, strict=True)):
         if isinstance(bnd, Tap) and bnd.source[0] == "out":
             operands.append(inits[key[1]])  # type: ignore[index]
@@ -329,7 +454,8 @@ def apply_cell(cell: ast.CellDef, call: ast.Call, x: Var, mask: Var, layer: str,
 
 def _init_values(cell: ast.CellDef, ctx: _Ctx, layer: str, init: dict[str, Var] | None,
                  low: _CellLowering, top: Builder, params_out: list[Param],
-                 state_inputs: list[tuple[str, Var]], outer: ExprLowering) -> dict[str, Var]:
+                 state_inputs: list[tuple[str, Var]], outer: ExprLowering,
+                 call: ast.Call) -> dict[str, Var]:
     decls = {s.name: s for s in cell.body if isinstance(s, ast.StateDecl)}
     out: dict[str, Var] = {}
     for s in ctx.states:
@@ -338,9 +464,12 @@ def _init_values(cell: ast.CellDef, ctx: _Ctx, layer: str, init: dict[str, Var] 
             got = init.get(s)
             if got is None or got.shape != shape:
                 why = "has no state" if got is None else f"has a state of size {got.shape[-1]} for"
-                raise error("E410", f"the 'from' layer {why} '{s}' (needed: [{shape[1]}])",
-                            cell.span if got is None else None,
-                            hint="'from' passes final states between layers of the same cell")
+                have = ", ".join(f"{k}[{v.shape[-1]}]" for k, v in init.items())
+                raise error("E410", f"the 'from' layer {why} '{s}', which "
+                            f"{_span_text(call.span)} needs as [{shape[1]}]", call.span,
+                            notes=[f"the 'from' layer's final states are {have}"],
+                            hint="'from' passes final states between layers of the same cell "
+                            "and size")
             out[s] = got
         elif s in decls and decls[s].init is not None:
             d = decls[s]
@@ -358,8 +487,12 @@ def _init_values(cell: ast.CellDef, ctx: _Ctx, layer: str, init: dict[str, Var] 
     return out
 
 
-def check_operand_is_seq(x: Operand, span: Span) -> Var:
+def check_operand_is_seq(x: Operand, span: Span, what: str = "'over'") -> Var:
     if not isinstance(x, Var) or len(x.shape) != 3 or x.shape[1] != BATCH:
-        raise error("E407", f"'over' needs a sequence, got {describe(x)}", span,
-                    hint="use repeat(v, x) to turn a vector into a sequence")
+        got = describe(x)
+        if len(x.shape) == 2 and x.shape[0] == BATCH:
+            got = f"a vector {got}"
+        raise error("E407", f"{what} needs a sequence, got {got}", span,
+                    hint="use repeat(v, x) to turn a vector into a sequence"
+                    if len(x.shape) == 2 and what == "'over'" else None)
     return x

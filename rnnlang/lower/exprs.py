@@ -15,6 +15,7 @@ from rnnlang.ir.ops import USER_FUNCTIONS
 from rnnlang.ir.types import BATCH, Dim, broadcast
 from rnnlang.lower.builder import Builder, fold, is_scalar
 from rnnlang.syntax import ast
+from rnnlang.syntax.parse import MAX_SIZE
 
 Value = Operand | tuple[Operand, ...]
 
@@ -22,17 +23,36 @@ _BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 MAX_SPLIT = 64
 
 
-def describe(x: Operand) -> str:
-    """A shape as the user wrote it: batch/time axes implicit."""
+def rename_dim(d: Dim, names: Mapping[str, str] | None) -> Dim:
+    """``d`` with its symbols renamed (when every symbol has a new name)."""
+    if not names or not all(n in names for n in d.symbols):
+        return d
+    return Dim.linear({names[n]: v for n, v in d.terms}, d.const)
+
+
+def describe(x: Operand, names: Mapping[str, str] | None = None) -> str:
+    """A shape as the user wrote it: batch/time axes implicit (``names`` renames sizes)."""
     s = x.shape
     if not s:
         return "a scalar"
-    dims = ", ".join(str(d) for d in s[-1:])
+    dims = ", ".join(str(rename_dim(d, names)) for d in s[-1:])
     if len(s) == 3 and s[1] == BATCH:
         return f"seq[{dims}]"
     if len(s) == 2 and s[0] == BATCH:
         return f"[{dims}]"
-    return "[" + ", ".join(str(d) for d in s) + "]"
+    return "[" + ", ".join(str(rename_dim(d, names)) for d in s) + "]"
+
+
+def sign(d: Dim) -> int | None:
+    """+1 / 0 / -1 when ``d`` is positive / zero / negative for every size >= 1, else None."""
+    coefs = [v for _, v in d.terms]
+    if not coefs:
+        return (d.const > 0) - (d.const < 0)
+    if all(v >= 0 for v in coefs) and d.const + sum(coefs) > 0:
+        return 1
+    if all(v <= 0 for v in coefs) and d.const + sum(coefs) < 0:
+        return -1
+    return None
 
 
 def features(x: Operand) -> Dim:
@@ -64,10 +84,23 @@ class ExprLowering:
     def known_names(self) -> list[str]:
         return []
 
+    def size_names(self) -> Mapping[str, str] | None:
+        """How sizes are shown in messages (a cell shows its own size names)."""
+        return None
+
+    def show(self, x: Operand) -> str:
+        return describe(x, self.size_names())
+
+    def show_dim(self, d: Dim) -> str:
+        return str(rename_dim(d, self.size_names()))
+
     # dimension expressions ----------------------------------------------------------------
     def dim(self, e: ast.Expr) -> Dim:
         match e:
             case ast.Num(value=v, text=txt) if float(v).is_integer() and "." not in txt:
+                if v > MAX_SIZE:
+                    raise error("E306", f"size {txt} is larger than the limit of {MAX_SIZE}",
+                                e.span)
                 return Dim.of(int(v))
             case ast.Name(id=n) if n in self.dims:
                 return self.dims[n]
@@ -87,6 +120,13 @@ class ExprLowering:
                     return da.scale(db.const)
         raise error("E305", "expected a size: an integer, a size name, or +, -, * of them",
                     e.span)
+
+    def size(self, e: ast.Expr, what: str = "a size") -> Dim:
+        """A size argument such as the H of lstm(H): must be positive."""
+        d = self.dim(e)
+        if sign(d) in (0, -1):
+            raise error("E306", f"{what} must be positive, but this is {d}", e.span)
+        return d
 
     def int_arg(self, e: ast.Expr, what: str, lo: int = 0, hi: int = 1 << 20) -> int:
         d = self.dim(e)
@@ -130,7 +170,7 @@ class ExprLowering:
         if isinstance(x, Const) and isinstance(y, Const):
             return fold(op, x, y)
         if not (is_scalar(x) or is_scalar(y)) and broadcast(x.shape, y.shape) is None:
-            raise error("E203", f"shapes do not match: {describe(x)} {_SYM[op]} {describe(y)}",
+            raise error("E203", f"shapes do not match: {self.show(x)} {_SYM[op]} {self.show(y)}",
                         span, hint="both sides need the same size (or one side a scalar)")
         return self.b.emit(op, (x, y), span, op)
 
@@ -141,12 +181,15 @@ class ExprLowering:
             if isinstance(x, Var) and isinstance(w, Var) and len(x.shape) == 2 and (
                     w.shape[-2:-1] == (BATCH,)):
                 hint = "rnnlang uses row vectors: write x @ W with W of shape [in, out]"
-            raise error("E204", f"cannot multiply {describe(x)} by {describe(w)}: '@' needs a "
+            raise error("E204", f"cannot multiply {self.show(x)} by {self.show(w)}: '@' needs a "
                         "vector on the left and a matrix parameter on the right", span, hint=hint)
         if x.shape[-1] != w.shape[0]:
-            raise error("E203", f"cannot multiply {describe(x)} by {describe(w)}", span,
-                        hint=f"the matrix needs {x.shape[-1]} rows to match the vector, e.g. "
-                        f"param W[{x.shape[-1]}, {w.shape[1]}]")
+            rows, cols = self.show_dim(x.shape[-1]), self.show_dim(w.shape[1])
+            wname = ew.id if isinstance(ew, ast.Name) else "W"
+            raise error("E203", f"cannot multiply {self.show(x)} by {self.show(w)}: the vector "
+                        f"has {rows} entries but the matrix has {self.show_dim(w.shape[0])} rows",
+                        span, hint=f"the matrix needs {rows} rows to match the vector, e.g. "
+                        f"param {wname}[{rows}, {cols}]")
         return self.b.emit("matmul", (x, w), span, _hint(ea, ew))
 
     def slice(self, e: ast.Slice) -> Var:
@@ -154,8 +197,15 @@ class ExprLowering:
         n = features(x)
         start = self.dim(e.start) if e.start is not None else Dim.of(0)
         stop = self.dim(e.stop) if e.stop is not None else n
-        if isinstance(x, Const) or (stop - start).is_const and (stop - start).const <= 0:
-            raise error("E205", "empty or invalid slice", e.span)
+        if isinstance(x, Const):
+            raise error("E205", "only a vector can be sliced", e.span)
+        if sign(stop - start) in (0, -1):
+            raise error("E205", f"empty slice: it starts at {self.show_dim(start)} and stops at "
+                        f"{self.show_dim(stop)}", e.span)
+        if sign(start) == -1 or sign(stop - n) == 1:
+            raise error("E205", f"slice [{self.show_dim(start)}:{self.show_dim(stop)}] is out of "
+                        f"range for {self.show(x)}", e.span,
+                        hint=f"indices go from 0 to {self.show_dim(n)}")
         return self.b.emit("slice", (x,), e.span, "slice", {"start": start, "stop": stop})
 
     def call(self, e: ast.Call) -> Value:
@@ -190,7 +240,10 @@ class ExprLowering:
         n = features(x)
         part = n.divide(k)
         if part is None or isinstance(x, Const):
-            raise error("E207", f"cannot split {describe(x)} into {k} equal parts", e.span)
+            raise error("E207", f"cannot split {self.show(x) if isinstance(x, Var) else 'a constant'} "
+                        f"into {k} equal parts", e.span,
+                        hint=f"the size must be a multiple of {k}, e.g. {k}*H" if isinstance(
+                            x, Var) else None)
         return tuple(self.b.emit("slice", (x,), e.span, "part",
                                  {"start": part.scale(i), "stop": part.scale(i + 1)})
                      for i in range(k))

@@ -7,6 +7,7 @@ layer; convolutions with a stride get a derived time axis whose lengths the runt
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,8 +15,8 @@ from rnnlang.diagnostics import Span, did_you_mean, error
 from rnnlang.ir.nodes import InputInfo, Param, Program, Var
 from rnnlang.ir.types import BATCH, ONE, Dim, TensorType
 from rnnlang.lower.builder import Builder, NameGen
-from rnnlang.lower.cell import apply_cell, check_operand_is_seq
-from rnnlang.lower.exprs import ExprLowering, Value, describe, features
+from rnnlang.lower.cell import apply_cell, check_operand_is_seq, targets_hint
+from rnnlang.lower.exprs import MAX_SIZE, ExprLowering, Value, describe, features, sign
 from rnnlang.lower.inits import lower_init
 from rnnlang.syntax import ast
 
@@ -46,11 +47,19 @@ class _State:
 class ModelLowering(ExprLowering):
     def __init__(self, model: ast.ModelDef, cells: dict[str, ast.CellDef]):
         self.st = _State(NameGen())
-        dims = {d.name: Dim.of(d.name) for d in model.dims}
+        dims: dict[str, Dim] = {}
+        for d in model.dims:
+            if d.name in dims:
+                raise error("E210", f"size '{d.name}' is declared twice", d.span)
+            if d.default is not None and not 1 <= d.default <= MAX_SIZE:
+                raise error("E306", f"size {d.name} = {d.default} is out of range (1 to "
+                            f"{MAX_SIZE})", d.span)
+            dims[d.name] = Dim.of(d.name)
         super().__init__(Builder(self.st.names), dims, {})
         self.model = model
         self.cells = cells
         self.env: dict[str, Value | LayerValue] = {}
+        self.defined_at: dict[str, Span] = {}
         self.layer_name = "layer"
 
     # names ----------------------------------------------------------------------------------
@@ -73,9 +82,16 @@ class ModelLowering(ExprLowering):
         return self.st.masks[x.shape[0]]
 
     def define(self, name: str, span: Span, v: Value | LayerValue) -> None:
-        if name in self.env or name in self.dims:
-            raise error("E210", f"'{name}' is already defined", span)
+        if name in self.dims:
+            raise error("E210", f"'{name}' is already the name of a size of model "
+                        f"'{self.model.name}'", span, hint="use another name")
+        if name in self.env:
+            first = self.defined_at.get(name)
+            raise error("E210", f"'{name}' is already defined", span,
+                        hint=f"'{name}' was first defined on line {first.line}; each name is "
+                        "defined once" if first else None)
         self.env[name] = v
+        self.defined_at[name] = span
 
     # statements -----------------------------------------------------------------------------
     def lower_model(self) -> Program:
@@ -102,7 +118,7 @@ class ModelLowering(ExprLowering):
         if not outputs:
             raise error("E215", f"model '{self.model.name}' has no outputs", self.model.span,
                         hint="add a line such as: output y = h @ Wy")
-        for name, v in self.st.state_inputs:
+        for _name, v in self.st.state_inputs:
             self.st.inputs.append(InputInfo(v, "state", None, optional=True))
         return Program(
             self.model.name, tuple(self.st.inputs), tuple(self.st.params), tuple(self.b.eqns),
@@ -113,10 +129,13 @@ class ModelLowering(ExprLowering):
         out = Dim.of(d.const)
         for n, k in d.terms:
             if n not in self.dims:
-                raise error("E304", f"unknown size '{n}'", d.span,
+                header = ", ".join([x.name for x in self.model.dims] + [n])
+                raise error("E304", f"unknown size '{n}'", _name_span(d.span, n),
                             hint=did_you_mean(n, self.dims) or f"add it to the model header: "
-                            f"model {self.model.name}({n})")
+                            f"model {self.model.name}({header})")
             out = out + self.dims[n].scale(k)
+        if sign(out) in (0, -1):
+            raise error("E306", f"a size must be positive, but this is {out}", d.span)
         return out
 
     def input_decl(self, s: ast.InputDecl) -> None:
@@ -145,7 +164,8 @@ class ModelLowering(ExprLowering):
                 return
             if len(lv.outputs) != len(s.targets):
                 raise error("E209", f"{len(s.targets)} names on the left but the layer gives "
-                            f"{len(lv.outputs)} output(s)", s.span)
+                            f"{len(lv.outputs)} output(s)", s.span,
+                            hint=targets_hint(len(lv.outputs)))
             for (n, sp), v in zip(s.targets, lv.outputs, strict=True):
                 self.define(n, sp, v)
             return
@@ -153,7 +173,7 @@ class ModelLowering(ExprLowering):
         vals = v if isinstance(v, tuple) else (v,)
         if len(vals) != len(s.targets):
             raise error("E209", f"{len(s.targets)} name(s) on the left but {len(vals)} value(s) "
-                        "on the right", s.span)
+                        "on the right", s.span, hint=targets_hint(len(vals)))
         for (n, sp), val in zip(s.targets, vals, strict=True):
             if isinstance(val, Var) and len(set(vals)) == len(vals):
                 val = self.b.rename(val, n)
@@ -182,6 +202,9 @@ class ModelLowering(ExprLowering):
             raise error("E409", "expected a layer such as lstm(H), stack(lstm(H), 2) or "
                         "bidir(gru(H))", spec.span)
         if spec.func == "stack":
+            if spec.kwargs:
+                raise error("E411", f"stack has no option '{spec.kwargs[0][0]}'",
+                            spec.kwargs[0][1].span, hint="stack(lstm(H), 2)")
             return self.stack(spec, x, name, init)
         if spec.func == "bidir":
             return self.bidir(spec, x, name, init)
@@ -246,7 +269,7 @@ class ModelLowering(ExprLowering):
             case "last" | "mean" | "reverse":
                 if len(e.args) != 1:
                     raise error("E206", f"{e.func}() takes one sequence", e.span)
-                x = check_operand_is_seq(self.single(e.args[0]), e.args[0].span)
+                x = check_operand_is_seq(self.single(e.args[0]), e.args[0].span, f"{e.func}()")
                 return self.b.emit(e.func, (x, self.mask_of(x)), e.span, f"{e.func}")
             case "repeat":
                 return self.repeat(e)
@@ -274,7 +297,7 @@ class ModelLowering(ExprLowering):
                 from rnnlang.ir.nodes import Const
                 self.st.masks[time] = self.b.emit("add", (z, Const(1.0)), e.span, "mask_const")
         else:
-            x = check_operand_is_seq(self.single(e.args[1]), e.args[1].span)
+            x = check_operand_is_seq(self.single(e.args[1]), e.args[1].span, "repeat()")
             time = x.shape[0]
         return self.b.emit("repeat", (v,), e.span, "repeat", {"time": time})
 
@@ -290,12 +313,12 @@ class ModelLowering(ExprLowering):
     def conv1d(self, e: ast.Call) -> Var:
         if not e.args:
             raise error("E206", "conv1d(x, channels, kernel, stride=1, padding=0)", e.span)
-        x = check_operand_is_seq(self.single(e.args[0]), e.args[0].span)
+        x = check_operand_is_seq(self.single(e.args[0]), e.args[0].span, "conv1d()")
         kw = self._kw(e, ("channels", "kernel", "stride", "padding"))
         if "channels" not in kw or "kernel" not in kw:
             raise error("E206", "conv1d needs channels and kernel", e.span,
                         hint="conv1d(x, channels=16, kernel=3, padding=1)")
-        ch = self.dim(kw["channels"])
+        ch = self.size(kw["channels"], "channels")
         k = self.int_arg(kw["kernel"], "kernel", 1, 1024)
         stride = self.int_arg(kw["stride"], "stride", 1, 1024) if "stride" in kw else 1
         pad = self.int_arg(kw["padding"], "padding", 0, 1024) if "padding" in kw else 0
@@ -325,7 +348,7 @@ class ModelLowering(ExprLowering):
         if not isinstance(x, Var) or x.shape[-2:-1] != (BATCH,):
             raise error("E206", f"dense() needs a vector or sequence, got {describe(x)}",
                         e.args[0].span)
-        n = self.dim(e.args[1])
+        n = self.size(e.args[1], "the size of dense()")
         kw = self._kw(e, ("size", "act"))
         act = kw.get("act")
         name = self.st.names.fresh(self.layer_name)
@@ -344,6 +367,17 @@ class ModelLowering(ExprLowering):
                             act.span, hint=did_you_mean(call.func, USER_FUNCTIONS))
             y = self.b.emit(call.func, (y,), e.span, name)
         return y
+
+
+def _name_span(span: Span, name: str) -> Span:
+    """The span of ``name`` inside ``span`` when it is on one line (else ``span``)."""
+    if span.end_line != span.line:
+        return span
+    text = span.source.line(span.line)[span.col - 1 : span.end_col - 1]
+    m = re.search(rf"\b{re.escape(name)}\b", text)
+    if m is None:
+        return span
+    return Span(span.source, span.line, span.col + m.start(), span.line, span.col + m.end())
 
 
 def lower_model(model: ast.ModelDef, cells: dict[str, ast.CellDef]) -> Program:

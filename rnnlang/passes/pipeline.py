@@ -27,7 +27,13 @@ def _forward_passes() -> tuple[tuple[str, Pass], ...]:
     )
 
 
-BACKWARD: tuple[tuple[str, Pass], ...] = (("dce", dce),)
+def _backward_passes() -> tuple[tuple[str, Pass], ...]:
+    from rnnlang.passes.hoist_grads import hoist_weight_gradients
+
+    return (("dce", dce), ("hoist_weight_gradients", hoist_weight_gradients))
+
+
+BACKWARD: tuple[tuple[str, Pass], ...] = _backward_passes()
 
 
 @dataclass

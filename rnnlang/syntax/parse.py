@@ -7,17 +7,29 @@ before parsing so that hostile input cannot exhaust memory or recursion.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from importlib import resources
 
 from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
 
-from rnnlang.diagnostics import Source, Span, error
+from rnnlang.diagnostics import RnnUserError, Source, Span, error
 from rnnlang.syntax import ast
 
 MAX_SOURCE_BYTES = 1_000_000
 MAX_NESTING = 64
+MAX_SIZE = 1 << 24  # largest size a spec may write (the runtime has the same limit)
+MAX_TREE_DEPTH = 200  # parse-tree depth: long chains like a + a + ... + a recurse in lowering
+
+KEYWORDS = frozenset({"import", "cell", "state", "param", "fn", "model", "input", "output",
+                      "over", "from"})
 
 _TOKEN_NAMES = {
     "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'",
@@ -41,7 +53,29 @@ def parse(text: str, name: str = "<string>") -> ast.Module:
         tree = _parser().parse(text)
     except UnexpectedInput as exc:
         raise _syntax_error(src, exc) from None
-    return _ToAst(src).transform(tree)
+    _check_depth(src, tree)
+    try:
+        return _ToAst(src).transform(tree)
+    except VisitError as exc:  # a located error raised while building the AST
+        if isinstance(exc.orig_exc, RnnUserError):
+            raise exc.orig_exc from None
+        raise
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 20 else f"{text[:10]}... ({len(text)} characters)"
+
+
+def _check_depth(src: Source, tree: Tree) -> None:
+    """Reject trees deep enough to exhaust Python's recursion (checked without recursing)."""
+    stack: list[tuple[Tree, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_TREE_DEPTH:
+            raise error("E002", f"expression is nested too deeply (over {MAX_TREE_DEPTH} levels)",
+                        _span_of(src, node),
+                        hint="split the expression into named intermediate values")
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, Tree))
 
 
 def _check_limits(src: Source) -> None:
@@ -64,20 +98,73 @@ def _check_limits(src: Source) -> None:
 def _syntax_error(src: Source, exc: UnexpectedInput) -> Exception:
     line = getattr(exc, "line", None) or 1
     col = getattr(exc, "column", None) or 1
-    if isinstance(exc, UnexpectedEOF) or line < 1:
-        lines = src.text.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
+    at_end = isinstance(exc, UnexpectedEOF) or (
+        isinstance(exc, UnexpectedToken) and exc.token.type == "$END")
     if isinstance(exc, UnexpectedCharacters):
         ch = src.line(line)[col - 1 : col] or "?"
-        return error("E100", f"unexpected character '{ch}'", Span(src, line, col, line, col + 1))
-    found = "end of file"
-    width = 1
-    if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
+        shown = f"'{ch}'" if ch.isprintable() else f"U+{ord(ch):04X}"
+        hint = "strings are only used in import lines: import \"cells.rnn\"" if ch in "\"'" else None
+        return error("E100", f"unexpected character {shown}", Span(src, line, col, line, col + 1),
+                     hint=hint)
+    expected = {_TOKEN_NAMES.get(t, f"'{t.lower()}'") for t in _expected(exc)}
+    if at_end:
+        line, col = _end_position(src)
+        return error("E101", "unexpected end of file", Span(src, line, col, line, col + 1),
+                     hint=_unclosed_hint(src) or _expected_hint(expected))
+    found, width = "end of file", 1
+    hint = _expected_hint(expected)
+    if isinstance(exc, UnexpectedToken):
         found = f"'{exc.token}'"
         width = max(1, len(str(exc.token)))
-    expected = sorted(_TOKEN_NAMES.get(t, f"'{t.lower()}'") for t in _expected(exc))
-    hint = f"expected {', '.join(expected)}" if 0 < len(expected) <= 5 else None
+        if str(exc.token) in KEYWORDS and "a name" in expected:
+            hint = f"'{exc.token}' is a keyword and cannot be used as a name"
     return error("E101", f"unexpected {found}", Span(src, line, col, line, col + width), hint=hint)
+
+
+def _expected_hint(expected: set[str]) -> str | None:
+    order = sorted(expected, key=lambda t: (not t.startswith("'"), t))
+    return f"expected {', '.join(order)}" if 0 < len(order) <= 5 else None
+
+
+def _significant(src: Source) -> list[tuple[int, int, str]]:
+    """(line, col, char) of every character outside comments, strings and whitespace."""
+    out = []
+    for lineno, text in enumerate(src.text.splitlines(), 1):
+        in_str = False
+        for col, ch in enumerate(text, 1):
+            if ch == '"':
+                in_str = not in_str
+                out.append((lineno, col, ch))
+            elif in_str:
+                continue
+            elif ch == "#":
+                break
+            elif not ch.isspace():
+                out.append((lineno, col, ch))
+    return out
+
+
+def _end_position(src: Source) -> tuple[int, int]:
+    """Just after the last character that is not whitespace or part of a comment."""
+    chars = _significant(src)
+    if not chars:
+        return 1, 1
+    line, col, _ = chars[-1]
+    return line, col + 1
+
+
+def _unclosed_hint(src: Source) -> str | None:
+    closers = {"(": ")", "[": "]", "{": "}"}
+    stack: list[tuple[int, int, str]] = []
+    for line, col, ch in _significant(src):
+        if ch in closers:
+            stack.append((line, col, ch))
+        elif ch in ")]}" and stack and closers[stack[-1][2]] == ch:
+            stack.pop()
+    if not stack:
+        return None
+    line, col, ch = stack[-1]
+    return f"'{closers[ch]}' is missing: the '{ch}' at line {line}, column {col} is never closed"
 
 
 def _expected(exc: UnexpectedInput) -> set[str]:
@@ -161,7 +248,7 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
         return tuple(c)
 
     def dim_param(self, meta, c):
-        default = int(c[1]) if len(c) > 1 and c[1] is not None else None
+        default = self._int(c[1]) if len(c) > 1 and c[1] is not None else None
         return ast.DimParam(str(c[0]), default, self._sp(meta))
 
     def input_decl(self, meta, c):
@@ -177,8 +264,14 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
     def dim_name(self, meta, c):
         return ast.LinDim(((str(c[0]), 1),), 0, self._sp(meta))
 
+    def _int(self, tok: Token) -> int:
+        if len(tok) > 9 or int(tok) > MAX_SIZE:
+            raise error("E306", f"size {_short(str(tok))} is larger than the limit of {MAX_SIZE}",
+                        self._tok(tok))
+        return int(tok)
+
     def dim_int(self, meta, c):
-        return ast.LinDim((), int(c[0]), self._sp(meta))
+        return ast.LinDim((), self._int(c[0]), self._sp(meta))
 
     def dim_add(self, meta, c):
         return _lin_combine(c[0], c[1], 1, self._sp(meta))
@@ -187,13 +280,16 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
         return _lin_combine(c[0], c[1], -1, self._sp(meta))
 
     def dim_mul(self, meta, c):
-        k = int(c[0])
+        k = self._int(c[0])
         d = c[1]
         return ast.LinDim(tuple((n, k * v) for n, v in d.terms), k * d.const, self._sp(meta))
 
     # --- expressions ---------------------------------------------------------------------
     def number(self, meta, c):
-        return ast.Num(float(c[0]), str(c[0]), self._sp(meta))
+        value = float(c[0])
+        if not math.isfinite(value) or abs(value) > 1e300:
+            raise error("E102", f"number {_short(str(c[0]))} is too large", self._sp(meta))
+        return ast.Num(value, str(c[0]), self._sp(meta))
 
     def name(self, meta, c):
         return ast.Name(str(c[0]), self._sp(meta))
