@@ -52,7 +52,7 @@ def symbols_of(prog: Program) -> tuple[str, ...]:
         for e in eqns:
             for v in tuple(e.outputs) + tuple(x for x in e.inputs if isinstance(x, Var)):
                 dims_in(v.shape)
-            for k, a in e.attrs:
+            for _k, a in e.attrs:
                 if isinstance(a, ScanSpec):
                     dims_in(a.time)
                     for v in a.body.inputs:

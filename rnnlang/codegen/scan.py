@@ -69,8 +69,15 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
     direct: dict[str, str] = {}
     inputs = {v.name for v in body.inputs}
     views = {x.outputs[0].name for x in body.eqns if x.op == "slice"}
+    stores_per_array: dict[int, int] = {}
+    for ob in spec.out_bind:
+        if isinstance(ob, Store):
+            stores_per_array[ob.array] = stores_per_array.get(ob.array, 0) + 1
     for v, ob in zip(body.outputs, spec.out_bind, strict=True):
-        if (isinstance(ob, Store) and not ob.accumulate and ob.offset == 0 and
+        # a set at t, or the only add into a zero-initialized array at t: write in place
+        sole_add = (isinstance(ob, Store) and ob.accumulate and ob.offset == 0 and
+                    spec.arrays[ob.array].init is None and stores_per_array[ob.array] == 1)
+        if (isinstance(ob, Store) and (not ob.accumulate or sole_add) and ob.offset == 0 and
                 v.name not in inputs and v.name not in direct and v.name not in views):
             direct[v.name] = arrays[ob.array]
     groups = _groups(body.eqns)
@@ -211,7 +218,7 @@ def _stores(f: _Fn, spec: ScanSpec, arrays: list[str], sums: list[str], spills: 
         if isinstance(ob, SumTo):
             _loop_copy(f, sums[ob.index], "", v, True)
             continue
-        if v.name in direct and arrays[ob.array] == direct[v.name] and not ob.accumulate:
+        if v.name in direct and arrays[ob.array] == direct[v.name] and ob.offset == 0:
             continue
         when = _time(ob.offset)
         if ob.offset == 0:

@@ -5,8 +5,14 @@ from __future__ import annotations
 from rnnlang.ir.nodes import ConstRef, Eqn, Program, Region, ScanSpec, Store, SumTo, Tap, Var
 
 
+def _fmt(v: object) -> str:
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_fmt(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    return str(v)
+
+
 def _attrs(e: Eqn) -> str:
-    items = [f"{k}={v}" for k, v in e.attrs if k != "scan"]
+    items = [f"{k}={_fmt(v)}" for k, v in e.attrs if k != "scan"]
     return ("[" + ", ".join(items) + "]") if items else ""
 
 

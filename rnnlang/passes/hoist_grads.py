@@ -62,6 +62,14 @@ def _hoist(e: Eqn, names: set[str], after: list[Eqn]) -> Eqn:
     body_outs = list(spec.body.outputs)
     out_bind = list(spec.out_bind)
     stored: dict[str, Var] = {}  # body value -> its (T, B, m) array
+    per_array: dict[int, int] = {}
+    for b in spec.out_bind:
+        if isinstance(b, Store):
+            per_array[b.array] = per_array.get(b.array, 0) + 1
+    for v, b in zip(spec.body.outputs, spec.out_bind, strict=True):
+        if isinstance(b, Store) and b.offset == 0 and per_array[b.array] == 1 and (
+                not b.accumulate or spec.arrays[b.array].init is None):
+            stored.setdefault(v.name, e.outputs[b.array])  # already kept: reuse it
     removed_sums: set[int] = set()
     for x in cands.values():
         g = x.inputs[-1]
