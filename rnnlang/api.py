@@ -155,6 +155,10 @@ class Model:
         bound = bind_inputs(self.program, self.static, given, lengths, initial, self.dtype)
         if not self.params:
             self.params = init_params(self.program, bound.dims, self.dtype, self.options.seed)
+        if not param_dims_known(self.program, self.static):
+            # sizes read from the first data are fixed from now on, like the parameters
+            model_dims = {n for n, _ in self.program.dims}
+            self.static.update({k: v for k, v in bound.dims.items() if k in model_dims})
         self._check_params(bound.dims)
         return bound
 

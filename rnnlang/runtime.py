@@ -174,7 +174,7 @@ def _unify(dims: dict[str, int], d: Dim, n: int, name: str, layout: str) -> None
         sym = d.terms[0][0]
         if sym in dims and dims[sym] != n:
             what = "batch size" if sym == "B" else f"size {sym}"
-            raise _usage(f"input '{name}' has {what} {n} but {sym} = {dims[sym]} elsewhere",
+            raise _usage(f"input '{name}' has {what} {n}, but {sym} is {dims[sym]}",
                          hint=f"inputs are laid out {layout}")
         if n < 1:
             raise _usage(f"input '{name}' has an empty axis")

@@ -1,0 +1,44 @@
+"""Shared fixtures: golden files, one Numba cache per test session, hypothesis profile."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+GOLDEN = Path(__file__).parent / "golden"
+
+settings.register_profile(
+    "ci", max_examples=25, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", help="rewrite golden files")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated modules for this session: compiled once, reused by every test."""
+    return tmp_path_factory.mktemp("rnncache")
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
+    """golden(name, text): compare with tests/golden/<module>/<name>.txt (or rewrite it)."""
+    module = Path(str(request.node.fspath)).stem
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / module / f"{name}.txt"
+        if request.config.getoption("--update-golden"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            return
+        assert path.exists(), f"missing golden {path}; run pytest --update-golden"
+        assert text == path.read_text(), f"output differs from {path}"
+
+    return check

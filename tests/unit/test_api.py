@@ -1,0 +1,168 @@
+"""The Python API: binding sizes from data, inputs and lengths checks, save/load, seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnnlang
+from rnnlang import RnnUserError
+
+SPEC = """
+model tagger(H = 4, F, O = 3) {
+  input x: seq[F]
+  param Wy[H, O] = glorot
+  param by[O] = zeros
+  enc = lstm(H) over x
+  output y = enc @ Wy + by
+  output last_h = last(enc)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def model(cache_dir: Path) -> rnnlang.Model:
+    return rnnlang.compile(SPEC, dtype="float64", cache_dir=cache_dir)
+
+
+def test_sizes_are_inferred_from_data_on_first_call(model: rnnlang.Model) -> None:
+    m = rnnlang.compile(SPEC, dtype="float64", cache_dir=model.options.cache_dir)
+    assert m.params == {}  # F is unknown until data arrives
+    out = m.forward(x=np.zeros((5, 2, 7)))
+    assert m.params["enc.W"].shape == (7, 16)
+    assert out["y"].shape == (5, 2, 3) and out["last_h"].shape == (2, 4)
+
+
+def test_given_sizes_allocate_at_compile_time(cache_dir: Path) -> None:
+    m = rnnlang.compile(SPEC, target="reference", F=2, H=5)
+    assert m.params["enc.U"].shape == (5, 20) and m.params["enc.U"].dtype == np.float32
+
+
+def test_seeded_init_is_reproducible_and_seed_dependent() -> None:
+    a = rnnlang.compile(SPEC, target="reference", F=2, seed=1)
+    b = rnnlang.compile(SPEC, target="reference", F=2, seed=1)
+    c = rnnlang.compile(SPEC, target="reference", F=2, seed=2)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    assert not np.array_equal(a.params["enc.W"], c.params["enc.W"])
+
+
+def test_orthogonal_init_is_orthogonal_per_gate() -> None:
+    m = rnnlang.compile(SPEC, target="reference", dtype="float64", F=2, H=6)
+    u = m.params["enc.U"]
+    for k in range(4):
+        block = u[:, 6 * k: 6 * (k + 1)]
+        np.testing.assert_allclose(block.T @ block, np.eye(6), atol=1e-12)
+
+
+def test_lengths_mask_padding(model: rnnlang.Model) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 2, 3))
+    out = model.forward(x=x, lengths=np.array([6, 3]))
+    short = model.forward(x=x[:3, 1:2])
+    np.testing.assert_allclose(out["last_h"][1], short["last_h"][0], atol=1e-12)
+    np.testing.assert_allclose(out["y"][:3, 1], short["y"][:, 0], atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"z": np.zeros((2, 2, 3))}, "has no input 'z'"),
+    ({"x": np.zeros((2, 3))}, "expected (T, B, F)"),
+    ({"x": np.zeros((2, 2, 5))}, "size F"),
+    ({"x": np.array([[["a"]]])}, "real number array"),
+])
+def test_bad_inputs_give_clear_errors(model: rnnlang.Model, kwargs: dict[str, np.ndarray],
+                                      message: str) -> None:
+    model.forward(x=np.zeros((2, 2, 3)))  # binds F = 3
+    with pytest.raises(RnnUserError) as exc:
+        model.forward(**kwargs)
+    assert message in exc.value.render()
+
+
+@pytest.mark.parametrize("lengths", [np.array([0, 2]), np.array([3, 9]), np.array([1.5, 2]),
+                                     np.array([1, 2, 3])])
+def test_bad_lengths(model: rnnlang.Model, lengths: np.ndarray) -> None:
+    with pytest.raises(RnnUserError, match="lengths"):
+        model.forward(x=np.zeros((4, 2, 3)), lengths=lengths)
+
+
+def test_initial_states_are_inputs_with_gradients(model: rnnlang.Model) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 2, 3))
+    h0 = rng.normal(size=(2, 4))
+    a = model.forward(x=x, initial={"enc.h0": h0})
+    b = model.forward(x=x)
+    assert not np.allclose(a["y"], b["y"])
+    g = model.vjp({"x": x}, {"last_h": np.ones((2, 4))}, initial={"enc.h0": h0})
+    assert set(g.inputs) == {"x", "enc.h0", "enc.c0"}
+    with pytest.raises(RnnUserError, match="unknown initial state"):
+        model.forward(x=x, initial={"enc.q0": h0})
+
+
+def test_value_and_grad(model: rnnlang.Model) -> None:
+    x = np.random.default_rng(2).normal(size=(3, 2, 3))
+
+    def loss(outs: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
+        return float((outs["y"] ** 2).sum() / 2), {"y": outs["y"]}
+
+    g = model.value_and_grad(loss, {"x": x})
+    y = model.forward(x=x)["y"]
+    assert g.loss == pytest.approx(float((y ** 2).sum() / 2))
+    g2 = model.vjp({"x": x}, {"y": y})
+    for k in g.params:
+        np.testing.assert_allclose(g.params[k], g2.params[k])
+
+
+def test_save_load_roundtrip(model: rnnlang.Model, tmp_path: Path) -> None:
+    model.forward(x=np.zeros((2, 2, 3)))
+    path = tmp_path / "p.npz"
+    model.save(path)
+    other = rnnlang.compile(SPEC, dtype="float64", cache_dir=model.options.cache_dir, F=3)
+    other.load(path)
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(other.params[k], v)
+    assert [p.name for p in tmp_path.iterdir()] == ["p.npz"]  # no temp files left behind
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "pickle", "missing"])
+def test_damaged_parameter_files_are_clear_errors(model: rnnlang.Model, tmp_path: Path,
+                                                  damage: str) -> None:
+    path = tmp_path / "p.npz"
+    model.forward(x=np.zeros((2, 2, 3)))
+    model.save(path)
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a zip file at all")
+    elif damage == "pickle":
+        np.savez(path, **{"enc.W": np.array([object()], dtype=object)})
+    else:
+        path.unlink()
+    with pytest.raises(RnnUserError):
+        model.load(path)
+
+
+def test_loading_other_shapes_is_an_error(model: rnnlang.Model, tmp_path: Path) -> None:
+    model.forward(x=np.zeros((2, 2, 3)))
+    small = rnnlang.compile(SPEC, target="reference", dtype="float64", F=3, H=2)
+    path = tmp_path / "small.npz"
+    small.save(path)
+    with pytest.raises(RnnUserError, match="shape"):
+        model.load(path)
+
+
+def test_unknown_target_dtype_and_size(cache_dir: Path) -> None:
+    with pytest.raises(RnnUserError, match="target"):
+        rnnlang.compile(SPEC, target="tpu")
+    with pytest.raises(RnnUserError, match="dtype"):
+        rnnlang.compile(SPEC, dtype="int8")
+    with pytest.raises(RnnUserError, match="no size 'Q'"):
+        rnnlang.compile(SPEC, Q=3)
+
+
+def test_cuda_target_without_gpu_is_a_clear_error() -> None:
+    with pytest.raises(RnnUserError) as exc:
+        rnnlang.compile(SPEC, target="cuda")
+    assert "cuda" in exc.value.render().lower()
