@@ -43,7 +43,8 @@ def run_eqns(eqns: tuple[Eqn, ...], env: Env, dims: Mapping[str, int], dtype: np
     for e in eqns:
         args = [_get(env, x, dtype) for x in e.inputs]
         if e.op == "scan":
-            outs = _run_scan(e.attr("scan"), args, dims, dtype)
+            shapes = [tuple(_ev(d, dims) for d in v.shape) for v in e.outputs]
+            outs = _run_scan(e.attr("scan"), args, dims, dtype, shapes)
         else:
             outs = [_apply(e, args, dims, dtype)]
         for v, val in zip(e.outputs, outs, strict=True):
@@ -78,15 +79,12 @@ def _apply(e: Eqn, args: list[np.ndarray], dims: Mapping[str, int], dtype: np.dt
 
 
 def _run_scan(spec: ScanSpec, args: list[np.ndarray], dims: Mapping[str, int],
-              dtype: np.dtype) -> list[np.ndarray]:
+              dtype: np.dtype, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
     T = _ev(spec.time, dims)
     seqs = args[: spec.n_seq]
     arrays = []
     for k, arr in enumerate(spec.arrays):
-        store_vars = [v for v, b in zip(spec.body.outputs, spec.out_bind, strict=True)
-                      if isinstance(b, Store) and b.array == k]
-        shape = (T,) + tuple(_ev(d, dims) for d in store_vars[0].shape)
-        arrays.append(args[arr.init].copy() if arr.init is not None else np.zeros(shape, dtype))
+        arrays.append(args[arr.init].copy() if arr.init is not None else np.zeros(shapes[k], dtype))
     sums: list[np.ndarray | None] = [None] * spec.n_sums
     spills: list[np.ndarray | None] = [None] * spec.n_spills
     steps = range(T - 1, -1, -1) if spec.reverse else range(T)

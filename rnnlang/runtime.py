@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rnnlang.diagnostics import error
-from rnnlang.ir.nodes import InitSpec, Program
+from rnnlang.ir.nodes import InitSpec, Program, walk
 from rnnlang.ir.types import Dim
 
 MAX_PARAM_ELEMENTS = 500_000_000
@@ -152,7 +152,8 @@ def bind_inputs(prog: Program, static: Mapping[str, int], inputs: Mapping[str, n
             if dims[d] < 1:
                 raise _usage(f"sequences of length {dims[src]} are too short for a convolution "
                              f"with kernel {k}")
-            lens[d] = np.clip((lens[src] + 2 * pad - k) // stride + 1, 1, dims[d])
+            src_len = lens.get(src, np.full(dims["B"], dims[src]))
+            lens[d] = np.clip((src_len + 2 * pad - k) // stride + 1, 1, dims[d])
     for info in prog.inputs:
         if info.role == "mask":
             t = info.time.symbols[0] if info.time is not None and info.time.symbols else None
@@ -161,8 +162,32 @@ def bind_inputs(prog: Program, static: Mapping[str, int], inputs: Mapping[str, n
                 dims["B"], steps)
             values[info.var.name] = (np.arange(steps)[:, None] < ln[None, :]).astype(
                 dtype)[:, :, None]
+    _check_known(prog, dims)
+    check_slices(prog, dims)
     _bind_states(prog, dims, initial, values, dtype)
     return Bound(dims, values)
+
+
+def _check_known(prog: Program, dims: Mapping[str, int]) -> None:
+    for n, _ in prog.dims:
+        if n not in dims:
+            raise _usage(f"size {n} of model '{prog.name}' is not known",
+                         hint=f"give it when compiling (compile(..., {n}=...) or rnnc -D {n}=...)"
+                         " or give it a default in the model header")
+
+
+def check_slices(prog: Program, dims: Mapping[str, int]) -> None:
+    """Slice bounds that depend on sizes can only be checked once the sizes are known."""
+    for e in walk(prog.eqns):
+        if e.op != "slice":
+            continue
+        n = e.inputs[0].shape[-1].evaluate(dims)
+        start, stop = e.attr("start").evaluate(dims), e.attr("stop").evaluate(dims)
+        if not 0 <= start < stop <= n:
+            sp = e.span
+            raise error("E205", f"slice [{start}:{stop}] is outside a vector of size {n} (with "
+                        + ", ".join(f"{k} = {v}" for k, v in sorted(dims.items())
+                                    if ":" not in k and k != "B") + ")", sp)
 
 
 def _unify(dims: dict[str, int], d: Dim, n: int, name: str, layout: str) -> None:
