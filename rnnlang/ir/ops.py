@@ -148,9 +148,22 @@ def _matmul_tn_shape(shapes: tuple[Shape, ...], attrs: dict[str, Any]) -> Shape:
     return (a[-1], g[-1])
 
 
+def _nonneg(d: Dim) -> bool | None:
+    """Whether a size expression is >= 0 for all sizes >= 1 (None when it depends)."""
+    if d.const >= 0 and all(k >= 0 for _, k in d.terms):
+        return True
+    if all(k <= 0 for _, k in d.terms) and d.const + sum(k for _, k in d.terms) < 0:
+        return False
+    return None
+
+
 def _slice_shape(shapes: tuple[Shape, ...], attrs: dict[str, Any]) -> Shape:
     (a,) = shapes
-    return a[:-1] + (attrs["stop"] - attrs["start"],)
+    start, stop = attrs["start"], attrs["stop"]
+    if _nonneg(start) is False or _nonneg(a[-1] - stop) is False or _nonneg(
+            stop - start - Dim.of(1)) is False:
+        raise ShapeError(f"slice [{start}:{stop}] is out of range for {_fmt(a)}")
+    return a[:-1] + (stop - start,)
 
 
 def _concat_shape(shapes: tuple[Shape, ...], attrs: dict[str, Any]) -> Shape:
@@ -271,8 +284,10 @@ def np_conv1d_dw(x: np.ndarray, g: np.ndarray, kernel: int, stride: int,
 
 def np_shift(seq: np.ndarray, *rest: np.ndarray, by: int = 1) -> np.ndarray:
     out = np.empty_like(seq)
-    out[by:] = seq[: seq.shape[0] - by]
-    out[:by] = rest[0] if rest else 0.0
+    n = seq.shape[0]
+    k = min(by, n)
+    out[k:] = seq[: n - k]
+    out[:k] = rest[0] if rest else 0.0
     return out
 
 

@@ -58,12 +58,15 @@ class Dim:
         return self.const + sum(v * env[n] for n, v in self.terms)
 
     def __str__(self) -> str:
-        parts = []
+        out = ""
         for n, v in self.terms:
-            parts.append(n if v == 1 else f"{v}*{n}")
-        if self.const or not parts:
-            parts.append(str(self.const))
-        return " + ".join(parts).replace("+ -", "- ")
+            term = n if abs(v) == 1 else f"{abs(v)}*{n}"
+            out += (("-" if v < 0 else "") + term) if not out else (
+                (" - " if v < 0 else " + ") + term)
+        if self.const or not out:
+            c = self.const
+            out += str(c) if not out else (f" - {-c}" if c < 0 else f" + {c}")
+        return out
 
 
 ONE = Dim((), 1)
