@@ -191,7 +191,29 @@ def _scan_vjp(e: Eqn, gs: list[Var | None], top: Builder) -> tuple[Eqn, list[Var
     _sweep(body.eqns, cots, rb, dummy)
     if any(x.op == "scan" for x in body.eqns):
         raise InternalCompilerError("nested scans are not supported")
+    _recompute_invariants(body, rb)
     return _assemble(e, spec, gs, top, rb, cots, acc_in)
+
+
+def _recompute_invariants(body: Region, rb: Builder) -> None:
+    """Values computed from loop invariants only (``v * 2`` of a parameter ``v``) are not
+    stored per step: the reverse body recomputes them from the same invariants."""
+    producers = {v.name: x for x in body.eqns for v in x.outputs}
+    defined = {v.name for x in rb.eqns for v in x.outputs}
+    wanted: set[str] = set()
+    stack = [v.name for x in rb.eqns for v in x.inputs if isinstance(v, Var)
+             and v.name not in defined and v.name in producers
+             and v.shape[:1] != (BATCH,)]
+    while stack:
+        name = stack.pop()
+        if name in wanted:
+            continue
+        wanted.add(name)
+        stack.extend(v.name for v in producers[name].inputs
+                     if isinstance(v, Var) and v.name in producers)
+    if wanted:
+        pre = [x for x in body.eqns if x.outputs[0].name in wanted]
+        rb.eqns[:0] = pre
 
 
 def _assemble(e: Eqn, spec: ScanSpec, gs: list[Var | None], top: Builder, rb: Builder,

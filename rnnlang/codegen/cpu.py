@@ -173,7 +173,7 @@ def emit_pointwise_group(f: _Fn, group: list[Eqn], keep: set[str]) -> None:
     for e in group:
         out = e.outputs[0]
         expr = _scalar(f, e, idx)
-        local = f.id(out) + "_s"
+        local = f.id(out.name + "#s")  # a reserved name: never collides with an array
         f.w.line(f"{local} = {expr}")
         f.locals[out.name] = local
         if out.name in keep:
