@@ -60,6 +60,9 @@ def _read_source(src: str | os.PathLike[str]) -> tuple[str, str, Path | None]:
     if isinstance(src, os.PathLike) or (isinstance(src, str) and "\n" not in src and (
             src.endswith(".rnn") or os.path.exists(src))):
         path = Path(src)
+        if not path.is_file():
+            why = "no such file" if not path.exists() else "not a regular file"
+            raise error("E003", f"cannot read {path}: {why}", None)
         try:
             size = path.stat().st_size
             from rnnlang.syntax.parse import MAX_SOURCE_BYTES

@@ -13,7 +13,7 @@ from typing import TextIO
 import numpy as np
 
 from rnnlang import __version__
-from rnnlang.diagnostics import InternalCompilerError, RnnUserError
+from rnnlang.diagnostics import InternalCompilerError, RnnUserError, Span
 
 EMITS = ("ast", "ir", "grad-ir", "python")
 
@@ -75,7 +75,8 @@ def _opts(args: argparse.Namespace) -> dict[str, object]:
     from rnnlang.passes.pipeline import forward_passes
     disabled = tuple(args.disable_pass)
     if args.O0:
-        disabled += tuple(n for n, _ in forward_passes())
+        from rnnlang.passes.pipeline import BACKWARD
+        disabled += tuple(n for n, _ in forward_passes() + BACKWARD)
     return dict(target=args.target, dtype=args.dtype, model=args.model,
                 cache_dir=args.cache_dir, verify_ir=args.verify, disable_passes=disabled,
                 **_dims(args.dims))
@@ -93,7 +94,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
             module, base = parse_program(f)
             progs = check_module(module, base)
             names = ", ".join(p.name for p in progs) or "no models"
-            out.write(f"{f}: ok ({len(module.cells)} cells; {names})\n")
+            n = len(module.cells)
+            out.write(f"{f}: ok ({n} cell{'' if n == 1 else 's'}; {names})\n")
         except RnnUserError as exc:
             errors.append(exc.render())
     if errors:
@@ -142,6 +144,8 @@ def _format_ast(module: object) -> str:
             inner = "".join(f"\n{ind}  {f.name}={fmt(getattr(x, f.name), ind + '  ')}"
                             for f in fields)
             return f"{type(x).__name__}({inner})"
+        if isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], Span):
+            return repr(x[0])  # (name, span) pairs such as assignment targets
         if isinstance(x, tuple) and x:
             return "[" + "".join(f"\n{ind}  {fmt(y, ind + '  ')}" for y in x) + "]"
         return repr(x)
@@ -207,6 +211,9 @@ def _unreadable(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
+        if path.exists() and not path.is_dir() and not path.is_file():
+            # a device or pipe could block or never end
+            return f"{path}: error[E003]: cannot read this file: not a regular file"
         with open(path, "rb"):
             return None
     except OSError as exc:

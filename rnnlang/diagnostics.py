@@ -19,8 +19,16 @@ class Source:
     name: str
     text: str = field(repr=False)
 
+    @property
+    def lines(self) -> list[str]:
+        """Lines as the parser counts them: only newline characters end a line."""
+        lines = self.text.split("\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
     def line(self, lineno: int) -> str:
-        lines = self.text.splitlines()
+        lines = self.lines
         return lines[lineno - 1] if 1 <= lineno <= len(lines) else ""
 
 
@@ -62,7 +70,7 @@ MAX_SHOWN = 100  # longest source excerpt shown under a diagnostic
 
 def _caret_lines(span: Span) -> list[str]:
     text = span.source.line(span.line).expandtabs(1)
-    if not text and span.line > len(span.source.text.splitlines()):
+    if not text and span.line > len(span.source.lines):
         return []
     text = "".join(ch if ch.isprintable() else " " for ch in text)
     num = str(span.line)

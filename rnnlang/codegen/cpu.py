@@ -31,7 +31,11 @@ from rnnlang.ir.ops import OPS
 from rnnlang.ir.types import Dim
 
 RESERVED = {"np", "math", "kernels", "njit", "DTYPE", "dims", "t", "range", "min", "max", "abs",
-            "len", "float", "int", "tuple", "print"} | {f"i{k}" for k in range(8)}
+            "len", "float", "int", "tuple", "print", "forward", "forward_train", "backward",
+            "__debug__", "True", "False", "None"} | {f"i{k}" for k in range(8)}
+# Module-level names of generated code (constants K_..., helpers _..., sizes n_...) use these
+# prefixes; identifiers derived from user names never start with them.
+_INTERNAL_PREFIXES = ("_", "K_", "n_")
 _TOP_KERNELS = {"last": "kernels.last", "last_vjp": "kernels.last_vjp", "mean": "kernels.mean",
                 "mean_vjp": "kernels.mean_vjp", "reverse": "kernels.reverse",
                 "sum_time": "kernels.sum_time"}
@@ -94,11 +98,13 @@ class _Fn:
             self.consts[v] = f"K_{text}"
         return self.consts[v]
 
-    def id(self, v: Var | str) -> str:
+    def id(self, v: Var | str, internal: str | None = None) -> str:
+        """The identifier for an IR name; ``internal`` gives a compiler-chosen base instead."""
         name = v if isinstance(v, str) else v.name
         if name not in self.idents:
-            base = re.sub(r"\W", "_", name)
-            if not base or base[0].isdigit() or keyword.iskeyword(base):
+            base = internal if internal is not None else re.sub(r"\W", "_", name)
+            if internal is None and (not base or base[0].isdigit() or keyword.iskeyword(base)
+                                     or base.startswith(_INTERNAL_PREFIXES)):
                 base = "v_" + base
             ident, k = base, 1
             while ident in self.taken:
@@ -108,7 +114,7 @@ class _Fn:
         return self.idents[name]
 
     def fresh(self, hint: str) -> str:
-        return self.id(f"{hint}#{len(self.idents)}")
+        return self.id(f"{hint}#{len(self.idents)}", internal=re.sub(r"\W", "_", hint))
 
     def dim(self, d: Dim) -> str:
         parts = []
@@ -340,7 +346,7 @@ def emit_function(w: CodeWriter, fn_name: str, prog: Program, dtype: str,
     f = _Fn(w, dtype=dtype, consts=consts)
     syms = symbols_of(prog)
     for s in syms:
-        f.syms[s] = f.id("n_" + s)
+        f.syms[s] = f.id(f"#size {s}", internal="n_" + re.sub(r"\W", "_", s))
     args = [f.id(v) for v in prog.param_vars + prog.input_vars]
     w.line(JIT)
     with w.block(f"def {fn_name}({', '.join(args + ['dims'])}):"):

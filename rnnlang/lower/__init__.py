@@ -38,7 +38,10 @@ def collect_cells(module: ast.Module, base: Path | None, _depth: int = 0,
         _chain = ((str(Path(name).resolve()), Path(name).name),)
     for imp in module.imports:
         path = (base or Path.cwd()) / imp.path
-        key = str(path.resolve())
+        try:
+            key = str(path.resolve())
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise error("E111", f"invalid import path '{imp.path}': {exc}", imp.span) from None
         keys = [k for k, _ in _chain]
         if key in keys:
             loop = [n for _, n in _chain[keys.index(key):]] + [imp.path]
@@ -48,6 +51,9 @@ def collect_cells(module: ast.Module, base: Path | None, _depth: int = 0,
             raise error("E110", f"imports are nested deeper than {MAX_IMPORT_DEPTH} files",
                         imp.span)
         try:
+            if path.exists() and not path.is_file():
+                raise error("E111", f"cannot import '{imp.path}': it is not a regular file",
+                            imp.span)
             if path.stat().st_size > MAX_SOURCE_BYTES:
                 raise error("E001", f"imported file '{imp.path}' is larger than the limit of "
                             f"{MAX_SOURCE_BYTES} bytes", imp.span)

@@ -19,12 +19,17 @@ class NameGen:
     """Fresh, readable SSA names, unique within one compile (never a global counter)."""
 
     used: set[str] = field(default_factory=set)
+    next_k: dict[str, int] = field(default_factory=dict)  # per hint: no suffix below is free
 
     def fresh(self, hint: str) -> str:
         base = re.sub(r"[^A-Za-z0-9_.]", "_", hint) or "v"
-        name, k = base, 1
-        while name in self.used:
-            name, k = f"{base}_{k}", k + 1
+        name, k = base, self.next_k.get(base, 1)
+        if name in self.used:  # the smallest free suffix (resumed, so many values stay linear)
+            name = f"{base}_{k}"
+            while name in self.used:
+                k += 1
+                name = f"{base}_{k}"
+            self.next_k[base] = k + 1
         self.used.add(name)
         return name
 
@@ -35,6 +40,7 @@ class Builder:
 
     names: NameGen
     eqns: list[Eqn] = field(default_factory=list)
+    named: set[str] = field(default_factory=set)  # values that already carry a user name
 
     def var(self, hint: str, shape: tuple[Dim, ...]) -> Var:
         return Var(self.names.fresh(hint), TensorType(tuple(shape)))
@@ -52,14 +58,21 @@ class Builder:
 
 
     def rename(self, var: Var, hint: str) -> Var:
-        """Give a freshly computed value the user's name (``i, f, g, o = split(...)``)."""
+        """Give a freshly computed value the user's name (``i, f, g, o = split(...)``).
+
+        A value that already has a user-visible name (``b = a``) is an alias: renaming it
+        would orphan the other references, so it is returned unchanged."""
+        if var.name in self.named:
+            return var
         for k in range(len(self.eqns) - 1, -1, -1):
             e = self.eqns[k]
             if var in e.outputs:
                 new = Var(self.names.fresh(hint), var.type)
                 outs = tuple(new if o == var else o for o in e.outputs)
                 self.eqns[k] = Eqn(e.op, e.inputs, outs, e.attrs, e.span, e.comment)
+                self.named.add(new.name)
                 return new
+        self.named.add(var.name)
         return var
 
 

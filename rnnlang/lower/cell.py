@@ -178,16 +178,14 @@ class _CellLowering(ExprLowering):
 
 
 def cell_size_names(env: dict[str, Dim]) -> dict[str, str]:
-    """Model size -> the cell's own size name, for sizes bound one-to-one (``I = F``)."""
-    by_symbol: dict[str, list[str]] = {}
-    ambiguous: set[str] = set()
+    """Model size -> the cell's own size name when every size is bound one-to-one to a model
+    size (``I = F, H = H``); otherwise nothing is renamed, so messages never mix the two."""
+    out: dict[str, str] = {}
     for name, d in env.items():
-        if d.const == 0 and len(d.terms) == 1 and d.terms[0][1] == 1:
-            by_symbol.setdefault(d.terms[0][0], []).append(name)
-        else:
-            ambiguous.update(d.symbols)
-    return {sym: names[0] for sym, names in by_symbol.items()
-            if len(names) == 1 and sym not in ambiguous}
+        if d.const != 0 or len(d.terms) != 1 or d.terms[0][1] != 1 or d.terms[0][0] in out:
+            return {}
+        out[d.terms[0][0]] = name
+    return out
 
 
 def _bindings(env: dict[str, Dim]) -> str:

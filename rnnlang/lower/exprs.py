@@ -181,6 +181,11 @@ class ExprLowering:
             if isinstance(x, Var) and isinstance(w, Var) and len(x.shape) == 2 and (
                     w.shape[-2:-1] == (BATCH,)):
                 hint = "rnnlang uses row vectors: write x @ W with W of shape [in, out]"
+                if x.shape[0] != BATCH and features(w) == x.shape[1]:
+                    xn = ew.id if isinstance(ew, ast.Name) else "v"
+                    wn = ea.id if isinstance(ea, ast.Name) else "W"
+                    hint = (f"rnnlang uses row vectors: write {xn} @ {wn} with {wn} declared "
+                            f"[{self.show_dim(x.shape[1])}, {self.show_dim(x.shape[0])}]")
             raise error("E204", f"cannot multiply {self.show(x)} by {self.show(w)}: '@' needs a "
                         "vector on the left and a matrix parameter on the right", span, hint=hint)
         if x.shape[-1] != w.shape[0]:

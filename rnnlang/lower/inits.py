@@ -36,8 +36,9 @@ def _number(e: ast.Expr) -> float:
 
 def lower_init(init: ast.Init | None, rank: int, outer: object,
                allow_learnable: bool = False) -> InitSpec:
-    if init is None:
-        return InitSpec("glorot" if rank >= 2 else "zeros")
+    if init is None:  # the default, with its default arguments (the runtime reads them)
+        name = "glorot" if rank >= 2 else "zeros"
+        return InitSpec(name, tuple(float(v) for _, v in INITIALIZERS[name][0] if v is not None))
     if init.name == "learnable" and allow_learnable:
         return InitSpec("learnable")
     if init.name not in INITIALIZERS:
@@ -55,7 +56,10 @@ def lower_init(init: ast.Init | None, rank: int, outer: object,
         values[name] = _number(a)
     for k, a in init.kwargs:
         if k not in values:
-            raise error("E504", f"'{init.name}' has no argument '{k}'", a.span)
+            raise error("E504", f"'{init.name}' has no argument '{k}'", a.span,
+                        hint=did_you_mean(k, list(values)) or (
+                            f"its arguments are {', '.join(values)}" if values else
+                            f"'{init.name}' takes no arguments"))
         values[k] = _number(a)
     missing = [k for k, v in values.items() if v is None]
     if missing:

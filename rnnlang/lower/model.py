@@ -43,6 +43,9 @@ class _State:
     derived: list[tuple[str, str, tuple[Any, ...]]] = field(default_factory=list)
     state_inputs: list[tuple[str, Var]] = field(default_factory=list)
 
+    def param_vars(self) -> list[Var]:
+        return [p.var for p in self.params]
+
 
 class ModelLowering(ExprLowering):
     def __init__(self, model: ast.ModelDef, cells: dict[str, ast.CellDef]):
@@ -51,6 +54,9 @@ class ModelLowering(ExprLowering):
         for d in model.dims:
             if d.name in dims:
                 raise error("E210", f"size '{d.name}' is declared twice", d.span)
+            if d.name == "B":
+                raise error("E217", "'B' is reserved for the batch size, which is implicit",
+                            d.span, hint="choose another name for this size")
             if d.default is not None and not 1 <= d.default <= MAX_SIZE:
                 raise error("E306", f"size {d.name} = {d.default} is out of range (1 to "
                             f"{MAX_SIZE})", d.span)
@@ -61,6 +67,7 @@ class ModelLowering(ExprLowering):
         self.env: dict[str, Value | LayerValue] = {}
         self.defined_at: dict[str, Span] = {}
         self.layer_name = "layer"
+        self.layers: set[str] = set()
 
     # names ----------------------------------------------------------------------------------
     def known_names(self) -> list[str]:
@@ -78,6 +85,14 @@ class ModelLowering(ExprLowering):
             return v.outputs if len(v.outputs) > 1 else v.outputs[0]
         return v
 
+    def unique_layer(self, hint: str) -> str:
+        """Layer names prefix parameter names; they live apart from internal value names."""
+        name, k = hint, 1
+        while name in self.layers:
+            name, k = f"{hint}_{k}", k + 1
+        self.layers.add(name)
+        return name
+
     def mask_of(self, x: Var) -> Var:
         return self.st.masks[x.shape[0]]
 
@@ -92,6 +107,8 @@ class ModelLowering(ExprLowering):
                         "defined once" if first else None)
         self.env[name] = v
         self.defined_at[name] = span
+        vals = v.outputs if isinstance(v, LayerValue) else (v if isinstance(v, tuple) else (v,))
+        self.b.named.update(x.name for x in vals if isinstance(x, Var))
 
     # statements -----------------------------------------------------------------------------
     def lower_model(self) -> Program:
@@ -112,6 +129,9 @@ class ModelLowering(ExprLowering):
                     v = self.single(s.value)
                     if not isinstance(v, Var):
                         raise error("E214", "an output must depend on the inputs", s.span)
+                    if v in self.st.param_vars():
+                        raise error("E214", f"output '{s.name}' is a parameter; outputs must "
+                                    "depend on the inputs", s.span)
                     v = self.b.rename(v, s.name)
                     self.define(s.name, s.span, v)
                     outputs.append((s.name, v))
@@ -190,10 +210,13 @@ class ModelLowering(ExprLowering):
         if e.init is not None:
             if not isinstance(e.init, ast.Name) or not isinstance(self.env.get(e.init.id),
                                                                     LayerValue):
-                raise error("E408", "'from' takes the name of an earlier layer (its final "
-                            "states become this layer's initial states)", e.init.span)
+                what = (f"'{e.init.id}' is not a layer" if isinstance(e.init, ast.Name)
+                        else "this is not a layer name")
+                raise error("E408", f"'from' takes the name of an earlier layer, but {what}",
+                            e.init.span, hint="name a layer defined as: enc = lstm(H) over x; "
+                            "its final states become this layer's initial states")
             init = self.env[e.init.id]
-        name = self.st.names.fresh(self.layer_name)
+        name = self.unique_layer(self.layer_name)
         return self.apply_layer(e.layer, x, name, init)  # type: ignore[arg-type]
 
     def apply_layer(self, spec: ast.Expr, x: Var, name: str, init: LayerValue | None,
@@ -215,8 +238,10 @@ class ModelLowering(ExprLowering):
         finals = None
         if init is not None:
             if init.finals is None:
-                raise error("E410", f"'from' layer has {len(init.sub or [])} sublayers but "
-                            f"'{spec.func}' is a single cell", spec.span)
+                raise error("E410", f"the 'from' layer has {len(init.sub or [])} sublayers but "
+                            f"'{spec.func}' is a single cell", spec.span,
+                            hint="'from' needs the same layer structure on both sides, e.g. "
+                            "stack(lstm(H), 2) over y from enc")
             finals = init.finals
         res = apply_cell(cell, spec, x, self.mask_of(x), name, finals, self, self.b,
                          self.st.params, self.st.state_inputs)
@@ -278,8 +303,10 @@ class ModelLowering(ExprLowering):
             case "dense":
                 return self.dense(e)
         if e.func in self.cells or e.func in ("stack", "bidir"):
-            raise error("E414", f"'{e.func}' is a layer; apply it with 'over'", e.span,
-                        hint=f"{e.func}(...) over x")
+            call = e.span.source.line(e.span.line)[e.span.col - 1 : e.span.end_col - 1] if (
+                e.span.line == e.span.end_line) else f"{e.func}(...)"
+            raise error("E414", f"'{e.func}' is a layer; apply it to a sequence with 'over'",
+                        e.span, hint=f"for example: {call} over x")
         return None
 
     def repeat(self, e: ast.Call) -> Var:
@@ -322,7 +349,7 @@ class ModelLowering(ExprLowering):
         k = self.int_arg(kw["kernel"], "kernel", 1, 1024)
         stride = self.int_arg(kw["stride"], "stride", 1, 1024) if "stride" in kw else 1
         pad = self.int_arg(kw["padding"], "padding", 0, 1024) if "padding" in kw else 0
-        name = self.st.names.fresh(self.layer_name)
+        name = self.unique_layer(self.layer_name)
         w = Var(self.st.names.fresh(f"{name}.W"), TensorType((Dim.of(k), features(x), ch)))
         bias = Var(self.st.names.fresh(f"{name}.b"), TensorType((ch,)))
         self.st.params += [Param(w, lower_init(None, 3, self), e.span),
@@ -351,7 +378,7 @@ class ModelLowering(ExprLowering):
         n = self.size(e.args[1], "the size of dense()")
         kw = self._kw(e, ("size", "act"))
         act = kw.get("act")
-        name = self.st.names.fresh(self.layer_name)
+        name = self.unique_layer(self.layer_name)
         w = Var(self.st.names.fresh(f"{name}.W"), TensorType((features(x), n)))
         bias = Var(self.st.names.fresh(f"{name}.b"), TensorType((n,)))
         self.st.params += [Param(w, lower_init(None, 2, self), e.span),

@@ -8,6 +8,7 @@ before parsing so that hostile input cannot exhaust memory or recursion.
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 from importlib import resources
 
@@ -27,6 +28,9 @@ MAX_SOURCE_BYTES = 1_000_000
 MAX_NESTING = 64
 MAX_SIZE = 1 << 24  # largest size a spec may write (the runtime has the same limit)
 MAX_TREE_DEPTH = 200  # parse-tree depth: long chains like a + a + ... + a recurse in lowering
+
+# control characters other than tab, newline, carriage return and form feed; lone surrogates
+_BAD_CHARS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f\ud800-\udfff]")
 
 KEYWORDS = frozenset({"import", "cell", "state", "param", "fn", "model", "input", "output",
                       "over", "from"})
@@ -82,8 +86,16 @@ def _check_limits(src: Source) -> None:
     if len(src.text.encode("utf-8", "replace")) > MAX_SOURCE_BYTES:
         raise error("E001", f"file is larger than the limit of {MAX_SOURCE_BYTES} bytes",
                     Span(src, 1, 1, 1, 2))
+    bad = _BAD_CHARS.search(src.text)
+    if bad is not None:  # even in comments: they are copied into generated code
+        lineno = src.text.count("\n", 0, bad.start()) + 1
+        col = bad.start() - (src.text.rfind("\n", 0, bad.start()) + 1) + 1
+        raise error("E100", f"unexpected character U+{ord(bad.group()):04X}",
+                    Span(src, lineno, col, lineno, col + 1),
+                    hint="control characters and invalid Unicode are not allowed anywhere in a "
+                    "spec, even in comments")
     depth = 0
-    for lineno, line in enumerate(src.text.splitlines(), 1):
+    for lineno, line in enumerate(src.lines, 1):
         for col, ch in enumerate(line.split("#", 1)[0], 1):
             if ch in "([{":
                 depth += 1
@@ -116,8 +128,11 @@ def _syntax_error(src: Source, exc: UnexpectedInput) -> Exception:
     if isinstance(exc, UnexpectedToken):
         found = f"'{exc.token}'"
         width = max(1, len(str(exc.token)))
+        before = re.search(r"([A-Za-z_][A-Za-z_0-9]*)\s*$", src.line(line)[: col - 1])
         if str(exc.token) in KEYWORDS and "a name" in expected:
             hint = f"'{exc.token}' is a keyword and cannot be used as a name"
+        elif before is not None and before.group(1) in KEYWORDS and "a name" in expected:
+            hint = f"'{before.group(1)}' is a keyword and cannot be used as a name here"
     return error("E101", f"unexpected {found}", Span(src, line, col, line, col + width), hint=hint)
 
 
@@ -129,7 +144,7 @@ def _expected_hint(expected: set[str]) -> str | None:
 def _significant(src: Source) -> list[tuple[int, int, str]]:
     """(line, col, char) of every character outside comments, strings and whitespace."""
     out = []
-    for lineno, text in enumerate(src.text.splitlines(), 1):
+    for lineno, text in enumerate(src.lines, 1):
         in_str = False
         for col, ch in enumerate(text, 1):
             if ch == '"':
@@ -265,10 +280,11 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
         return ast.LinDim(((str(c[0]), 1),), 0, self._sp(meta))
 
     def _int(self, tok: Token) -> int:
-        if len(tok) > 9 or int(tok) > MAX_SIZE:
+        digits = str(tok).lstrip("0") or "0"  # short before int(): huge literals stay cheap
+        if len(digits) > 9 or int(digits) > MAX_SIZE:
             raise error("E306", f"size {_short(str(tok))} is larger than the limit of {MAX_SIZE}",
                         self._tok(tok))
-        return int(tok)
+        return int(digits)
 
     def dim_int(self, meta, c):
         return ast.LinDim((), self._int(c[0]), self._sp(meta))
@@ -283,6 +299,9 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
         k = self._int(c[0])
         d = c[1]
         return ast.LinDim(tuple((n, k * v) for n, v in d.terms), k * d.const, self._sp(meta))
+
+    def dim_mul_r(self, meta, c):
+        return self.dim_mul(meta, [c[1], c[0]])
 
     # --- expressions ---------------------------------------------------------------------
     def number(self, meta, c):
