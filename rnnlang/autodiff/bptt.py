@@ -29,6 +29,7 @@ from rnnlang.ir.nodes import (
     SumTo,
     Tap,
     Var,
+    all_names,
 )
 from rnnlang.ir.types import BATCH, Dim, TensorType
 from rnnlang.lower.builder import Builder, NameGen
@@ -47,16 +48,7 @@ class GradPrograms:
 
 
 def _names_of(prog: Program) -> NameGen:
-    used = {v.name for v in prog.input_vars + prog.param_vars}
-    stack = list(prog.eqns)
-    while stack:
-        e = stack.pop()
-        used.update(v.name for v in e.outputs)
-        spec = e.attr("scan")
-        if spec is not None:
-            used.update(v.name for v in spec.body.inputs)
-            stack.extend(spec.body.eqns)
-    return NameGen(used)
+    return NameGen(all_names(prog))
 
 
 class _Cots:

@@ -193,3 +193,14 @@ def walk(eqns: tuple[Eqn, ...]) -> Iterator[Eqn]:
         spec = e.attr("scan")
         if spec is not None:
             yield from walk(spec.body.eqns)
+
+
+def all_names(prog: Program) -> set[str]:
+    """Every value name used anywhere in a program, scan bodies included."""
+    names = {v.name for v in prog.input_vars + prog.param_vars}
+    for e in walk(prog.eqns):
+        names.update(v.name for v in e.outputs)
+        spec = e.attr("scan")
+        if spec is not None:
+            names.update(v.name for v in spec.body.inputs)
+    return names

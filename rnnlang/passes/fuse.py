@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from rnnlang.ir.nodes import ConstRef, Eqn, Program, ScanSpec, Var
 from rnnlang.ir.types import Dim, TensorType
-from rnnlang.passes.hoist import _fresh, all_names
+from rnnlang.passes.hoist import _fresh, rewrite_scans
 
 
 def _fuse_scan(e: Eqn, names: set[str], pre: list[Eqn]) -> Eqn:
@@ -73,12 +73,4 @@ def _fuse_scan(e: Eqn, names: set[str], pre: list[Eqn]) -> Eqn:
 
 
 def fuse_gate_matmuls(prog: Program, ctx: object = None) -> Program:
-    names = all_names(prog)
-    out: list[Eqn] = []
-    for e in prog.eqns:
-        if e.op == "scan":
-            pre: list[Eqn] = []
-            e = _fuse_scan(e, names, pre)
-            out.extend(pre)
-        out.append(e)
-    return replace(prog, eqns=tuple(out))
+    return rewrite_scans(prog, _fuse_scan)

@@ -11,9 +11,10 @@ Delayed taps (``x[t-2] @ W``) reuse the hoisted product at the same offset: zero
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
-from rnnlang.ir.nodes import ConstRef, Eqn, Program, ScanSpec, Tap, Var
+from rnnlang.ir.nodes import ConstRef, Eqn, Program, ScanSpec, Tap, Var, all_names
 from rnnlang.ir.types import TensorType
 
 
@@ -78,26 +79,18 @@ def _fresh(names: set[str], hint: str) -> str:
     return name
 
 
-def all_names(prog: Program) -> set[str]:
-    names = {v.name for v in prog.input_vars + prog.param_vars}
-    stack = list(prog.eqns)
-    while stack:
-        e = stack.pop()
-        names.update(v.name for v in e.outputs)
-        spec = e.attr("scan")
-        if spec is not None:
-            names.update(v.name for v in spec.body.inputs)
-            stack.extend(spec.body.eqns)
-    return names
-
-
-def hoist_input_projections(prog: Program, ctx: object = None) -> Program:
+def rewrite_scans(prog: Program, fn: Callable[[Eqn, set[str], list[Eqn]], Eqn]) -> Program:
+    """Apply ``fn(scan, names, pre)`` to every scan; ``pre`` collects equations placed before."""
     names = all_names(prog)
     out: list[Eqn] = []
     for e in prog.eqns:
         if e.op == "scan":
             pre: list[Eqn] = []
-            e = _hoist_scan(e, names, pre)
+            e = fn(e, names, pre)
             out.extend(pre)
         out.append(e)
     return replace(prog, eqns=tuple(out))
+
+
+def hoist_input_projections(prog: Program, ctx: object = None) -> Program:
+    return rewrite_scans(prog, _hoist_scan)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from rnnlang.ir.nodes import Eqn, OutArray, Program, ScanSpec, Store, SumTo, Tap, Var
+from rnnlang.ir.nodes import Eqn, OutArray, Program, ScanSpec, Store, SumTo, Tap, Var, all_names
 from rnnlang.ir.types import TensorType
-from rnnlang.passes.hoist import _fresh, all_names
+from rnnlang.passes.hoist import _fresh
 
 
 def _candidates(spec: ScanSpec) -> dict[int, Eqn]:
