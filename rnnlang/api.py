@@ -48,6 +48,7 @@ class CompileOptions:
     verify: bool = False
     cache_dir: Path | None = None
     seed: int = 0
+    blas_threads: int | None = 1  # BLAS threads while generated code runs; None: leave as is
 
 
 def parse_program(source_or_path: str | os.PathLike[str]) -> tuple[Module, Path | None]:
@@ -281,14 +282,16 @@ def build_program(source_or_path: str | os.PathLike[str], *, model: str | None =
 def compile(source_or_path: str | os.PathLike[str], target: str = "cpu",
             dtype: str = "float32", *, model: str | None = None, seed: int = 0,
             cache_dir: str | os.PathLike[str] | None = None, verify_ir: bool = False,
-            disable_passes: tuple[str, ...] = (), **dims: int) -> Model:
+            disable_passes: tuple[str, ...] = (), blas_threads: int | None = 1,
+            **dims: int) -> Model:
     """Compile a `.rnn` spec (a path or source text) for ``target`` (cpu, reference, cuda)."""
     if target not in TARGETS:
         raise error("E604", f"unknown target '{target}'", None, hint="one of " + ", ".join(TARGETS))
     if dtype not in DTYPES:
         raise error("E604", f"unknown dtype '{dtype}'", None, hint="float32 or float64")
     opts = CompileOptions(target, dtype, frozenset(disable_passes), verify_ir,
-                          Path(cache_dir) if cache_dir is not None else None, int(seed))
+                          Path(cache_dir) if cache_dir is not None else None, int(seed),
+                          blas_threads)
     raw, prog, log, text, name = build_program(source_or_path, model=model, options=opts)
     static = static_dims(prog, dims)
     m = Model(prog, opts, text, name, static, log, raw)
