@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dump-after", action="append", default=[], metavar="PASS|all",
                    help="print the IR after a pass (to stderr)")
     c.add_argument("--timings", action="store_true", help="report time per pass (stderr)")
+    c.add_argument("--report", action="store_true",
+                   help="print what the compiler did (hoisted and fused products, bytes "
+                   "stored per step for BPTT, parameters, FLOPs per step) instead of --emit")
     _common(c)
     c = sub.add_parser("run", help="run a model forward and backward on random data")
     c.add_argument("file", type=Path)
@@ -68,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int, default=8, help="batch size B (default 8)")
     c.add_argument("--seed", type=int, default=0)
     _common(c)
+    from rnnlang.cli_viz import add_commands
+    add_commands(sub, _common)
     return p
 
 
@@ -123,7 +128,11 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
         if args.timings:
             for name, secs in m.pass_log.timings:
                 sys.stderr.write(f"{name:28s} {secs * 1e3:8.2f} ms\n")
-        text = m.emit(args.emit)
+        if args.report:
+            from rnnlang.cli_viz import report_text
+            text = report_text(m)
+        else:
+            text = m.emit(args.emit)
     if args.output:
         from rnnlang.codegen.load import atomic_write
         atomic_write(args.output, text.encode())
@@ -226,7 +235,12 @@ def _usage(msg: str) -> int:
     return 2
 
 
-COMMANDS = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run}
+def _viz_commands() -> dict[str, Callable[[argparse.Namespace, TextIO], int]]:
+    from rnnlang.cli_viz import cmd_graph, cmd_gradflow
+    return {"graph": cmd_graph, "gradflow": cmd_gradflow}
+
+
+COMMANDS = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, **_viz_commands()}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
