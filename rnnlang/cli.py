@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int, default=8, help="batch size B (default 8)")
     c.add_argument("--seed", type=int, default=0)
     _common(c)
+    from rnnlang import cli_train
+    cli_train.add_run_options(c)
+    cli_train.add_commands(sub, _common)
     from rnnlang.cli_viz import add_commands
     add_commands(sub, _common)
     return p
@@ -164,6 +167,9 @@ def _format_ast(module: object) -> str:
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     import rnnlang
+    if getattr(args, "data", None) is not None:
+        from rnnlang.cli_train import cmd_run_data
+        return cmd_run_data(args, out)
     if not 1 <= args.steps <= 100_000 or not 1 <= args.batch <= 100_000:
         raise SystemExit(_usage("--steps and --batch must be between 1 and 100000"))
     t0 = time.perf_counter()
@@ -235,12 +241,13 @@ def _usage(msg: str) -> int:
     return 2
 
 
-def _viz_commands() -> dict[str, Callable[[argparse.Namespace, TextIO], int]]:
-    from rnnlang.cli_viz import cmd_graph, cmd_gradflow
-    return {"graph": cmd_graph, "gradflow": cmd_gradflow}
+def _more_commands() -> dict[str, Callable[[argparse.Namespace, TextIO], int]]:
+    from rnnlang.cli_train import cmd_eval, cmd_train
+    from rnnlang.cli_viz import cmd_gradflow, cmd_graph
+    return {"graph": cmd_graph, "gradflow": cmd_gradflow, "train": cmd_train, "eval": cmd_eval}
 
 
-COMMANDS = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, **_viz_commands()}
+COMMANDS = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, **_more_commands()}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
