@@ -48,6 +48,8 @@ def add_commands(subparsers: Any, common: Callable[[argparse.ArgumentParser], No
     view.add_argument("--folded", action="store_true", help="the compact view (default)")
     view.add_argument("--unfold", type=int, metavar="K", help="unroll over K time steps")
     view.add_argument("--cell", metavar="NAME", help="one cell's equations as a dataflow graph")
+    view.add_argument("--text", action="store_true",
+                      help="the model's IR as text (the same printer as --emit ir)")
     p.add_argument("--from-start", action="store_true",
                    help="with --unfold: show steps 1..K from the initial state, not around t")
     p.add_argument("-o", "--output", type=Path, help="picture file (.dot .gv .svg .png .pdf)")
@@ -80,6 +82,12 @@ def cmd_graph(args: argparse.Namespace, out: TextIO) -> int:
         return _usage("--unfold takes a number of steps from 1 to 64")
     if args.from_start and args.unfold is None:
         return _usage("--from-start goes with --unfold K")
+    if args.text:
+        import rnnlang
+        from rnnlang.ir.printer import print_program
+        out.write(print_program(rnnlang.compile(args.file, target="reference",
+                                                model=args.model).program))
+        return 0
     if args.cell is not None:
         g = named_cell_graph(args.file, args.cell)
     else:

@@ -358,3 +358,16 @@ def test_graph_picks_the_model() -> None:
     assert code == 0 and out.startswith("digraph stacked {")
     g = model_graph(ROOT / "examples" / "custom_cells.rnn", model="stacked")
     assert [c.id for c in g.clusters] == ["enc.0", "enc.1", "enc.2"]
+
+
+def test_graph_text_is_the_ir_printer() -> None:
+    import io
+
+    from rnnlang.cli import main
+    from rnnlang.ir.printer import print_program
+
+    buf = io.StringIO()
+    spec = str(ROOT / "examples" / "tagger.rnn")
+    assert main(["graph", spec, "--text"], out=buf) == 0
+    want = print_program(rnnlang.compile(spec, target="reference").program)
+    assert buf.getvalue() == want
