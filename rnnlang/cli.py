@@ -175,19 +175,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     t0 = time.perf_counter()
     m = rnnlang.compile(args.file, seed=args.seed, **_opts(args))  # type: ignore[arg-type]
     rng = np.random.default_rng(args.seed)
-    inputs = {}
-    for info in m.program.inputs:
-        if info.role not in ("seq", "vec"):
-            continue
-        feat = info.var.shape[-1]
-        missing = [s for s in feat.symbols if s not in m.static]
-        if missing:
-            raise RnnUserError(rnnlang.diagnostics.Diagnostic(
-                "E605", f"size {', '.join(missing)} of input '{info.var.name}' is unknown", None,
-                hint=f"give it with -D {missing[0]}=..."))
-        f = feat.evaluate(m.static)
-        shape = (args.steps, args.batch, f) if info.role == "seq" else (args.batch, f)
-        inputs[info.var.name] = rng.normal(size=shape)
+    from rnnlang.viz.gradflow import random_inputs
+    inputs = random_inputs(m, args.steps, args.batch, rng)
     lengths = None
     seqs = [i.var.name for i in m.program.inputs if i.role == "seq"]
     if seqs:

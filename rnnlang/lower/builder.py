@@ -76,6 +76,15 @@ class Builder:
         return var
 
 
+def unique_name(hint: str, used: set[str]) -> str:
+    """``hint``, or ``hint_1``, ``hint_2``... : the first not in ``used`` (which it joins)."""
+    name, k = hint, 1
+    while name in used:
+        name, k = f"{hint}_{k}", k + 1
+    used.add(name)
+    return name
+
+
 def is_scalar(x: Operand) -> bool:
     return isinstance(x, Const) or x.shape == ()
 

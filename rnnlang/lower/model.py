@@ -14,7 +14,7 @@ from typing import Any
 from rnnlang.diagnostics import Span, did_you_mean, error
 from rnnlang.ir.nodes import InputInfo, Param, Program, Var
 from rnnlang.ir.types import BATCH, ONE, Dim, TensorType
-from rnnlang.lower.builder import Builder, NameGen
+from rnnlang.lower.builder import Builder, NameGen, unique_name
 from rnnlang.lower.cell import apply_cell, check_operand_is_seq, targets_hint
 from rnnlang.lower.exprs import MAX_SIZE, ExprLowering, Value, describe, features, sign
 from rnnlang.lower.inits import lower_init
@@ -87,11 +87,7 @@ class ModelLowering(ExprLowering):
 
     def unique_layer(self, hint: str) -> str:
         """Layer names prefix parameter names; they live apart from internal value names."""
-        name, k = hint, 1
-        while name in self.layers:
-            name, k = f"{hint}_{k}", k + 1
-        self.layers.add(name)
-        return name
+        return unique_name(hint, self.layers)
 
     def mask_of(self, x: Var) -> Var:
         return self.st.masks[x.shape[0]]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rnnlang.ir.ops import USER_FUNCTIONS
+from rnnlang.lower.builder import unique_name
 from rnnlang.lower.cell import state_names
 from rnnlang.syntax import ast
 
@@ -235,11 +236,8 @@ class _Builder:
         self.net.links.append(Link(src, dst, **kw))  # type: ignore[arg-type]
 
     def unique_layer(self, hint: str) -> str:
-        name, k = hint, 1
-        while name in self.layers:
-            name, k = f"{hint}_{k}", k + 1
-        self.layers.add(name)
-        return name
+        """Layer names prefix parameter names; they live apart from internal value names."""
+        return unique_name(hint, self.layers)
 
     def whole(self, why: str) -> None:
         if why not in self.net.whole:
