@@ -49,6 +49,7 @@ class CompileOptions:
     cache_dir: Path | None = None
     seed: int = 0
     blas_threads: int | None = 1  # BLAS threads while generated code runs; None: leave as is
+    stateful: bool = False  # also output every layer's final states (``final:<layer>.<s>``)
 
 
 def parse_program(source_or_path: str | os.PathLike[str]) -> tuple[Module, Path | None]:
@@ -90,8 +91,11 @@ class Model:
     when all sizes are given or defaulted, else at the first call, from the data)."""
 
     def __init__(self, program: Program, options: CompileOptions, source_text: str,
-                 source_name: str, static: dict[str, int], log: PassLog, raw: Program):
+                 source_name: str, static: dict[str, int], log: PassLog, raw: Program,
+                 state_outputs: Mapping[str, str] | None = None):
         self.program = program
+        # stateful models: final-state output name -> the initial-state input it feeds
+        self.state_outputs: dict[str, str] = dict(state_outputs or {})
         self.raw_program = raw
         self.options = options
         self.source_text = source_text
@@ -177,11 +181,33 @@ class Model:
                 self.params[name] = np.ascontiguousarray(got, dtype=self.dtype)
 
     def forward(self, inputs: Mapping[str, Any] | None = None, *, lengths: Any = None,
-                initial: Mapping[str, Any] | None = None, **kw: Any) -> dict[str, np.ndarray]:
-        """Outputs by name. Sequences are (T, B, F); ``lengths`` masks padded steps."""
+                initial: Mapping[str, Any] | None = None, return_state: bool = False,
+                **kw: Any) -> Any:
+        """Outputs by name. Sequences are (T, B, F); ``lengths`` masks padded steps.
+
+        ``return_state=True`` (models compiled with ``stateful=True``) returns ``(outputs,
+        states)``: ``outputs`` without the ``final:`` outputs, and ``states`` the final states
+        keyed by initial-state input name (``enc.h0``), to pass as ``initial=`` for the next
+        chunk of the same sequences."""
+        if return_state and not self.state_outputs:
+            raise error("E605", "return_state=True needs a model compiled with stateful=True"
+                        if not self.options.stateful else
+                        f"model '{self.name}' has no recurrent state to return", None,
+                        hint="rnnlang.compile(..., stateful=True)"
+                        if not self.options.stateful else None)
         b = self._bind(inputs, kw, lengths, initial)
-        outs = self._executor().forward(b)
-        return dict(zip(self.program.output_names, outs, strict=True))
+        outs = dict(zip(self.program.output_names, self._executor().forward(b), strict=True))
+        if not return_state:
+            return outs
+        return self.split_state(outs)
+
+    def split_state(self, outs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
+                                                                     dict[str, np.ndarray]]:
+        """``(outputs, states)`` from all outputs of a stateful model: the ``final:`` outputs
+        become states keyed by the initial-state input they feed."""
+        plain = {k: v for k, v in outs.items() if k not in self.state_outputs}
+        states = {self.state_outputs[k]: v for k, v in outs.items() if k in self.state_outputs}
+        return plain, states
 
     __call__ = forward
 
@@ -279,22 +305,48 @@ def build_program(source_or_path: str | os.PathLike[str], *, model: str | None =
     return raw, prog, log, text, name
 
 
+def _lower_stateful(source_or_path: str | os.PathLike[str], model: str,
+                    ) -> tuple[Program, dict[str, str]]:
+    """Lower model ``model`` again (it already lowered cleanly) with final-state outputs."""
+    from rnnlang.lower import collect_cells
+    from rnnlang.lower.model import lower_model_stateful
+    text, name, base = _read_source(source_or_path)
+    module = parse(text, name)
+    cells = collect_cells(module, base)
+    m = next(m for m in module.models if m.name == model)
+    return lower_model_stateful(m, cells)
+
+
 def compile(source_or_path: str | os.PathLike[str], target: str = "cpu",
             dtype: str = "float32", *, model: str | None = None, seed: int = 0,
             cache_dir: str | os.PathLike[str] | None = None, verify_ir: bool = False,
             disable_passes: tuple[str, ...] = (), blas_threads: int | None = 1,
-            **dims: int) -> Model:
-    """Compile a `.rnn` spec (a path or source text) for ``target`` (cpu, reference, cuda)."""
+            stateful: bool = False, **dims: int) -> Model:
+    """Compile a `.rnn` spec (a path or source text) for ``target`` (cpu, reference, cuda).
+
+    ``stateful=True`` adds every layer's final states as outputs ``final:<layer>.<state>``
+    (stacks: ``final:enc.0.h``), so that a long sequence can be run chunk by chunk with
+    ``forward(..., return_state=True)``; bidirectional layers, ``from`` layers and states with
+    an initializer cannot be stateful (E219)."""
     if target not in TARGETS:
         raise error("E604", f"unknown target '{target}'", None, hint="one of " + ", ".join(TARGETS))
     if dtype not in DTYPES:
         raise error("E604", f"unknown dtype '{dtype}'", None, hint="float32 or float64")
     opts = CompileOptions(target, dtype, frozenset(disable_passes), verify_ir,
                           Path(cache_dir) if cache_dir is not None else None, int(seed),
-                          blas_threads)
+                          blas_threads, bool(stateful))
     raw, prog, log, text, name = build_program(source_or_path, model=model, options=opts)
+    state_outputs: dict[str, str] = {}
+    if stateful:
+        raw, state_outputs = _lower_stateful(source_or_path, raw.name)
+        log = PassLog()
+        chk = verify if opts.verify else None
+        if chk:
+            chk(raw)
+        prog = run_passes(raw, forward_passes(), disabled=opts.disabled_passes, log=log,
+                          verify=chk)
     static = static_dims(prog, dims)
-    m = Model(prog, opts, text, name, static, log, raw)
+    m = Model(prog, opts, text, name, static, log, raw, state_outputs)
     if target == "cuda":
         from rnnlang.executors import check_cuda_available
         check_cuda_available()

@@ -9,10 +9,13 @@ from pathlib import Path
 from rnnlang.diagnostics import Collector, RnnUserError, Span, did_you_mean, error
 from rnnlang.ir.nodes import Program
 from rnnlang.lower.model import lower_model
+from rnnlang.lower.train import check_trains, train_section
 from rnnlang.syntax import ast
 from rnnlang.syntax.parse import MAX_SOURCE_BYTES, parse
 
 MAX_IMPORT_DEPTH = 16
+__all__ = ["check_module", "check_trains", "collect_cells", "lower_program", "stdlib_cells",
+           "train_section"]
 
 
 @lru_cache(maxsize=1)
@@ -106,6 +109,10 @@ def check_module(module: ast.Module, base: Path | None) -> list[Program]:
             out.append(lower_model(m, cells))
         except RnnUserError as exc:
             coll.add(exc)
+    try:
+        check_trains(module, base)
+    except RnnUserError as exc:
+        coll.add(exc)
     coll.raise_if_any()
     return out
 

@@ -48,8 +48,12 @@ class _State:
 
 
 class ModelLowering(ExprLowering):
-    def __init__(self, model: ast.ModelDef, cells: dict[str, ast.CellDef]):
+    def __init__(self, model: ast.ModelDef, cells: dict[str, ast.CellDef],
+                 stateful: bool = False):
         self.st = _State(NameGen())
+        self.stateful = stateful
+        # stateful: (output name, final state, name of the initial-state input it feeds)
+        self.state_outputs: list[tuple[str, Var, str]] = []
         dims: dict[str, Dim] = {}
         for d in model.dims:
             if d.name in dims:
@@ -136,6 +140,8 @@ class ModelLowering(ExprLowering):
                         hint="add a line such as: output y = h @ Wy")
         for _name, v in self.st.state_inputs:
             self.st.inputs.append(InputInfo(v, "state", None, optional=True))
+        # output names are identifiers, so ``final:...`` never clashes with one
+        outputs.extend((out_name, v) for out_name, v, _ in self.state_outputs)
         return Program(
             self.model.name, tuple(self.st.inputs), tuple(self.st.params), tuple(self.b.eqns),
             tuple(v for _, v in outputs), tuple(n for n, _ in outputs),
@@ -239,9 +245,25 @@ class ModelLowering(ExprLowering):
                             hint="'from' needs the same layer structure on both sides, e.g. "
                             "stack(lstm(H), 2) over y from enc")
             finals = init.finals
+        n0 = len(self.st.state_inputs)
         res = apply_cell(cell, spec, x, self.mask_of(x), name, finals, self, self.b,
                          self.st.params, self.st.state_inputs)
+        if self.stateful:
+            self._record_finals(spec, name, res.finals, self.st.state_inputs[n0:])
         return LayerValue(tuple(res.outputs.values()), res.finals, None, cell.name)
+
+    def _record_finals(self, spec: ast.Call, name: str, finals: dict[str, Var],
+                       fed: list[tuple[str, Var]]) -> None:
+        """Stateful models output each final state to feed back as the initial state of the
+        next chunk; that needs every state of the layer to be an initial-state input."""
+        if len(fed) != len(finals):
+            raise error("E219", f"layer '{name}' cannot be run statefully: its initial states "
+                        "come from a 'from' layer or from a state initializer, not from "
+                        "initial-state inputs", spec.span,
+                        hint="compile without stateful=True, or declare the cell's states "
+                        "without an initializer")
+        for (s, v), (input_name, _) in zip(finals.items(), fed, strict=True):
+            self.state_outputs.append((f"final:{name}.{s}", v, input_name))
 
     def stack(self, spec: ast.Call, x: Var, name: str, init: LayerValue | None) -> LayerValue:
         if len(spec.args) != 2:
@@ -273,6 +295,11 @@ class ModelLowering(ExprLowering):
             raise error("E413", "bidir takes a layer and merge=concat or merge=sum", spec.span)
         if init is not None and (init.sub is None or len(init.sub) != 2):
             raise error("E410", "'from' layer is not bidirectional", spec.span)
+        if self.stateful:
+            raise error("E219", f"bidirectional layer '{name}' cannot be run statefully: its "
+                        "backward direction needs the whole sequence", spec.span,
+                        hint="stream only unidirectional layers; compile without "
+                        "stateful=True to run bidir layers over whole sequences")
         mask = self.mask_of(x)
         f = self.apply_layer(spec.args[0], x, f"{name}.fwd", init.sub[0] if init else None)
         xr = self.b.emit("reverse", (x, mask), spec.span, f"{name}.xrev")
@@ -405,3 +432,12 @@ def _name_span(span: Span, name: str) -> Span:
 
 def lower_model(model: ast.ModelDef, cells: dict[str, ast.CellDef]) -> Program:
     return ModelLowering(model, cells).lower_model()
+
+
+def lower_model_stateful(model: ast.ModelDef, cells: dict[str, ast.CellDef],
+                         ) -> tuple[Program, dict[str, str]]:
+    """Lower ``model`` with every layer's final states as extra outputs ``final:<layer>.<s>``;
+    also returns output name -> the initial-state input (``<layer>.<s>0``) it feeds."""
+    low = ModelLowering(model, cells, stateful=True)
+    prog = low.lower_model()
+    return prog, {o: i for o, _, i in low.state_outputs}

@@ -181,11 +181,46 @@ class Import:
 
 
 @dataclass(frozen=True, slots=True)
+class Str:
+    """A string value in a ``train`` section (a file path)."""
+
+    value: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class TrainSet:
+    """``key [sub] = value [: suffix [* weight]]`` in a train section, e.g. ``epochs = 20``,
+    ``target y = labels``, ``loss y = xent : last * 0.5``."""
+
+    key: str
+    sub: str | None
+    value: Expr | Str
+    suffix: str | None
+    weight: float | None
+    span: Span
+    key_span: Span
+    sub_span: Span | None
+    suffix_span: Span | None
+
+
+@dataclass(frozen=True, slots=True)
+class TrainDef:
+    """``train [MODEL] { ... }``: training settings; no model name means the file's first."""
+
+    model: str | None
+    body: tuple[TrainSet, ...]
+    span: Span
+    model_span: Span | None
+
+
+@dataclass(frozen=True, slots=True)
 class Module:
     source: Source
     imports: tuple[Import, ...]
     cells: tuple[CellDef, ...]
     models: tuple[ModelDef, ...]
+    trains: tuple[TrainDef, ...] = ()
 
 
 def expr_children(e: Expr) -> tuple[Expr, ...]:

@@ -221,7 +221,8 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
         imports = tuple(i for i in items if isinstance(i, ast.Import))
         cells = tuple(i for i in items if isinstance(i, ast.CellDef))
         models = tuple(i for i in items if isinstance(i, ast.ModelDef))
-        return ast.Module(self.src, imports, cells, models)
+        trains = tuple(i for i in items if isinstance(i, ast.TrainDef))
+        return ast.Module(self.src, imports, cells, models, trains)
 
     def import_stmt(self, meta, c):
         return ast.Import(str(c[0])[1:-1], self._sp(meta))
@@ -271,6 +272,28 @@ class _ToAst(Transformer):  # type: ignore[type-arg]
 
     def output_decl(self, meta, c):
         return ast.OutputDecl(str(c[0]), c[1], self._sp(meta))
+
+    # --- train sections ------------------------------------------------------------------
+    def train(self, meta, c):
+        name, *body = c
+        return ast.TrainDef(str(name) if name is not None else None, tuple(body),
+                            self._sp(meta), self._tok(name) if name is not None else None)
+
+    def train_set(self, meta, c):
+        key, sub, value, suffix, w = c
+        weight = None
+        if w is not None:
+            weight = float(w)
+            if not math.isfinite(weight) or weight > 1e300:
+                raise error("E102", f"number {_short(str(w))} is too large", self._tok(w))
+        return ast.TrainSet(str(key), str(sub) if sub is not None else None, value,
+                            str(suffix) if suffix is not None else None, weight,
+                            self._sp(meta), self._tok(key),
+                            self._tok(sub) if sub is not None else None,
+                            self._tok(suffix) if suffix is not None else None)
+
+    def string(self, meta, c):
+        return ast.Str(str(c[0])[1:-1], self._sp(meta))
 
     # --- dimensions ----------------------------------------------------------------------
     def dims(self, meta, c):

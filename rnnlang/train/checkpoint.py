@@ -30,9 +30,17 @@ FORMAT = 1
 
 
 def ir_hash(model: Model) -> str:
-    """What the parameters mean: the lowered (unoptimized) IR of the model."""
+    """What the parameters mean: the lowered (unoptimized) IR of the model, without the
+    final-state outputs of a stateful model (the same parameters serve both)."""
+    from dataclasses import replace
+
     from rnnlang.ir.printer import print_program
-    return hashlib.sha256(print_program(model.raw_program).encode()).hexdigest()[:20]
+    prog = model.raw_program
+    if model.state_outputs:
+        keep = [i for i, n in enumerate(prog.output_names) if n not in model.state_outputs]
+        prog = replace(prog, outputs=tuple(prog.outputs[i] for i in keep),
+                       output_names=tuple(prog.output_names[i] for i in keep))
+    return hashlib.sha256(print_program(prog).encode()).hexdigest()[:20]
 
 
 @dataclass

@@ -5,6 +5,13 @@ permutation per epoch); the validation split is chosen by the seed too. With the
 config and seed, training on CPU is bitwise reproducible, and a run resumed from any of its
 checkpoints ends with the same parameters as an uninterrupted run (the checkpoint holds the
 parameters, optimizer state, RNG state, the epoch's permutation and the batch cursor).
+
+Truncated BPTT (``TrainConfig.tbptt = K``, a model compiled with ``stateful=True``): each batch
+of sequences longer than K steps is cut into chunks of K steps (the last may be shorter); each
+chunk is one optimizer step, whose gradient flows back at most K steps, and the final states of
+one chunk (detached: plain arrays) are the initial states of the next chunk of the same batch.
+This is TBPTT(k1, k2) with k1 == k2 == K. Checkpoints then also hold the chunk cursor and the
+carried states, so a resume mid-batch stays exact.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     max_steps: int | None = None
     restore_best: bool = True
+    tbptt: int | None = None  # truncated BPTT: chunks of this many steps (k1 == k2)
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None:
@@ -93,12 +101,16 @@ class TrainConfig:
             bad("patience must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             bad("max_steps must be >= 1")
+        if self.tbptt is not None and not 1 <= self.tbptt <= 10_000_000:
+            bad(f"tbptt must be >= 1, got {self.tbptt}")
 
     def trajectory(self) -> dict[str, Any]:
         d = asdict(self)
         out = {k: d[k] for k in _TRAJECTORY}
         if self.schedule == "cosine":
             out["epochs"], out["max_steps"] = self.epochs, self.max_steps
+        if self.tbptt is not None:  # absent otherwise: older checkpoints stay resumable
+            out["tbptt"] = self.tbptt
         return out
 
 
@@ -155,7 +167,8 @@ def _hms(s: float) -> str:
 
 def _specs(model: Model, losses: Sequence[LossSpec | str] | None) -> list[LossSpec]:
     specs = [parse_loss(s) if isinstance(s, str) else s
-             for s in (losses or [LossSpec(o) for o in model.output_names])]
+             for s in (losses or [LossSpec(o) for o in model.output_names
+                                  if o not in model.state_outputs])]
     seen: set[str] = set()
     for s in specs:
         if s.output not in model.output_names:
@@ -187,6 +200,50 @@ def _out_lengths(data: Dataset, idx: np.ndarray, batch: Batch,
 def _ensure_params(model: Model, batch: Batch) -> None:
     if not model.params:  # sizes read from data: allocate as the first call would
         model._bind(batch.inputs, {}, batch.lengths or None, None)
+
+
+def _seq_outputs(model: Model) -> set[str]:
+    return {n for n, v in zip(model.program.output_names, model.program.outputs, strict=True)
+            if len(v.shape) == 3}
+
+
+def _tbptt_chunks(model: Model, k: int, specs: Sequence[LossSpec], ds: Dataset,
+                  inputs: Sequence[tuple[str, str]]) -> int:
+    """Chunks per batch for truncated BPTT with chunks of ``k`` steps; E805 where it does not
+    apply (no state, losses that are not per step, padded or unequal sequences)."""
+    if not model.state_outputs:
+        what = "has no recurrent state" if model.options.stateful else "is not stateful"
+        raise error("E805", f"tbptt needs a model compiled with stateful=True (model "
+                    f"'{model.name}' {what})", None,
+                    hint="rnnlang.compile(..., stateful=True); rnnc train --tbptt does this")
+    ts = {ds.arrays[n].shape[1] for n, r in inputs if r == "seq"}
+    if len(ts) != 1:
+        raise error("E805", "tbptt needs sequence inputs that all have the same length"
+                    if ts else "tbptt needs a sequence input", None)
+    t = ts.pop()
+    if t <= k:  # one chunk: ordinary training
+        return 1
+    seq_outs = _seq_outputs(model)
+    for s in specs:
+        if s.output not in seq_outs or s.reduction != "step":
+            raise error("E805", f"tbptt needs per-step losses on sequence outputs; the loss "
+                        f"on '{s.output}' is not one", None,
+                        hint="use OUT=KIND:step on outputs that are sequences")
+    for name, ln in ds.lengths.items():
+        if np.any(ln != t):
+            raise error("E805", f"tbptt needs unpadded sequences, but {ds.source} has "
+                        f"{'lengths:' + name if name else 'lengths'} below T = {t}", None,
+                        hint="cut the data into full-length windows (--window T)")
+    return math.ceil(t / k)
+
+
+def _chunk(b: Batch, t0: int, t1: int, seq_inputs: set[str], seq_outputs: set[str]) -> Batch:
+    """Steps ``t0:t1`` of a time-major batch whose sequences are all full length."""
+    ins = {k: (np.ascontiguousarray(v[t0:t1]) if k in seq_inputs else v)
+           for k, v in b.inputs.items()}
+    tg = {k: (np.ascontiguousarray(v[t0:t1]) if k in seq_outputs else v)
+          for k, v in b.targets.items()}
+    return Batch(ins, {}, tg, b.size)
 
 
 def _finite(grads: Mapping[str, np.ndarray]) -> str | None:
@@ -222,14 +279,21 @@ def fit(model: Model, data: Dataset | Mapping[str, Any],
         check_data(val, inputs, targets)
     bs = min(cfg.batch_size, train.n)
     nb = math.ceil(train.n / bs)
-    total = cfg.epochs * nb if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * nb)
+    klen = cfg.tbptt or 0
+    nc = 1 if not klen else _tbptt_chunks(model, klen, specs, train, inputs)  # chunks per batch
+    seq_inputs = {n for n, r in inputs if r == "seq"}
+    seq_outputs = _seq_outputs(model)
+    total = cfg.epochs * nb * nc
+    if cfg.max_steps is not None:
+        total = min(cfg.max_steps, total)
     opt = make_optimizer(cfg.optimizer, **cfg.optimizer_options)
     sched = make_schedule(cfg.schedule, cfg.lr, total_steps=total, step_size=cfg.step_size,
                           gamma=cfg.gamma, warmup=cfg.warmup, min_lr=cfg.min_lr)
     _ensure_params(model, make_batch(train, np.arange(min(bs, train.n)), inputs, targets, labels))
 
     rng = np.random.default_rng(cfg.seed)
-    epoch = batch_i = step = skipped = bad_epochs = 0
+    epoch = batch_i = chunk_i = step = skipped = bad_epochs = 0
+    carry: dict[str, np.ndarray] = {}  # tbptt: final states of the batch's previous chunk
     perm = np.arange(train.n)
     best_val: float | None = None
     best: dict[str, np.ndarray] = {}
@@ -268,6 +332,8 @@ def fit(model: Model, data: Dataset | Mapping[str, Any],
         history = list(m["history"])
         rng.bit_generator.state = m["rng"]
         perm = ck.data["perm"]
+        chunk_i = st.get("chunk", 0)
+        carry = {n[len("carry/"):]: v for n, v in ck.data.items() if n.startswith("carry/")}
         resumed_from = step
         out.line(f"resuming from {ckpt_path} at epoch {epoch + 1}, step {step}")
     elif resume:
@@ -279,24 +345,31 @@ def fit(model: Model, data: Dataset | Mapping[str, Any],
         meta = {"state": {"epoch": epoch, "batch": batch_i, "step": step, "skipped": skipped,
                           "bad_epochs": bad_epochs, "best_val": best_val,
                           "epoch_loss_sum": ep_sum, "epoch_batches": ep_n,
-                          "stopped": stopped},
+                          "stopped": stopped, **({"chunk": chunk_i} if klen else {})},
                 "history": history, "rng": rng.bit_generator.state,
                 "optimizer": opt.config(), "config": _jsonable(cfg.trajectory()),
                 "data": fingerprint, "seed": cfg.seed}
         save_checkpoint(cfg.checkpoint, model, Checkpoint(
-            dict(model.params), dict(opt.state), _jsonable(meta), best, {"perm": perm}))
+            dict(model.params), dict(opt.state), _jsonable(meta), best,
+            {"perm": perm, **{"carry/" + n: v for n, v in carry.items()}}))
 
     while epoch < cfg.epochs and not stopped and (cfg.max_steps is None
                                                   or step < cfg.max_steps):
-        if batch_i == 0:
+        if batch_i == 0 and chunk_i == 0:
             perm = rng.permutation(train.n)
             ep_sum, ep_n = 0.0, 0
         while batch_i < nb and (cfg.max_steps is None or step < cfg.max_steps):
             idx = perm[batch_i * bs:(batch_i + 1) * bs]
             b = make_batch(train, idx, inputs, targets, labels)
-            fn = make_loss_fn(specs, b.targets, _out_lengths(train, idx, b, specs))
+            if nc > 1:
+                b = _chunk(b, chunk_i * klen, (chunk_i + 1) * klen, seq_inputs, seq_outputs)
+            fn = make_loss_fn(specs, b.targets, _out_lengths(train, idx, b, specs)
+                              if nc == 1 else {})
             with np.errstate(all="ignore"):  # non-finite values are reported below
-                g = model.value_and_grad(fn, b.inputs, lengths=b.lengths or None)
+                g = model.value_and_grad(fn, b.inputs, lengths=b.lengths or None,
+                                         initial=carry or None)
+            if nc > 1:  # detached: the next chunk starts from these values
+                carry = {n: np.array(v) for n, v in model.split_state(g.outputs)[1].items()}
             loss = float(g.loss if g.loss is not None else math.nan)
             grads = dict(g.params)
             bad = None if math.isfinite(loss) else "the loss"
@@ -310,6 +383,7 @@ def fit(model: Model, data: Dataset | Mapping[str, Any],
                                 hint="lower --lr, clip gradients (--clip-norm), check the "
                                 "data, or skip such steps with --on-nonfinite skip")
                 skipped += 1
+                carry = {}  # tbptt: the next chunk starts from zero states
             else:
                 if cfg.clip_value is not None:
                     clip_by_value(grads, cfg.clip_value)
@@ -325,7 +399,9 @@ def fit(model: Model, data: Dataset | Mapping[str, Any],
                 ep_sum += loss
                 ep_n += 1
             step += 1
-            batch_i += 1
+            chunk_i += 1
+            if chunk_i == nc:
+                batch_i, chunk_i, carry = batch_i + 1, 0, {}
             out.step(epoch, cfg.epochs, batch_i, nb, step, loss)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 save()
