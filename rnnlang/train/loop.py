@@ -153,6 +153,13 @@ class Progress:
                           f"loss {loss:.5g} {rate:.1f} steps/s ETA {_hms(eta)}  ")
         self.stream.flush()
 
+    def speed(self, step: int) -> str:
+        """Throughput and ETA for the per-epoch lines (the terminal line has its own)."""
+        if self.tty or self.first_step is None or step <= self.first_step:
+            return ""
+        rate = (step - self.first_step) / max(time.perf_counter() - self.t0, 1e-9)
+        return f" ({rate:.1f} steps/s, ETA {_hms((self.total - step) / rate)})"
+
     def line(self, text: str) -> None:
         if self.stream is None:
             return
@@ -425,7 +432,7 @@ def fit(model: Model, data: Dataset | Mapping[str, Any],
         history.append(rec)
         out.line(f"epoch {epoch + 1}/{cfg.epochs} step {step} loss {rec['loss']:.6g}"
                  + (f" val_loss {rec['val_loss']:.6g}" if "val_loss" in rec else "")
-                 + (" (early stop)" if stopped else ""))
+                 + (" (early stop)" if stopped else "") + out.speed(step))
         epoch += 1
         batch_i = 0
         save()
