@@ -69,18 +69,12 @@ def run(model: str, t: int, out: Path, epochs: int | None = None,
         cache_dir: str | None = None) -> dict[str, float]:
     """Train ``model`` of adding.rnn with its train section on T{t}.npz; test on T{t}_test."""
     import rnnlang
-    from rnnlang.api import parse_program
-    from rnnlang.lower import train_section
     from rnnlang.train.data import load_data
-    from rnnlang.train.loop import TrainConfig, evaluate, fit, predict
+    from rnnlang.train.loop import config_from_section, evaluate, fit, predict, spec_section
 
     spec = HERE / "adding.rnn"
-    module, base = parse_program(spec)
-    sec = train_section(module, model, base)
-    fields = set(TrainConfig.__dataclass_fields__)
-    cfg = TrainConfig(**{k: v for k, v in sec.items() if k in fields})
-    if epochs is not None:
-        cfg.epochs = epochs
+    sec = spec_section(spec, model)
+    cfg = config_from_section(sec, epochs=epochs)
     m = rnnlang.compile(spec, model=model, seed=cfg.seed, cache_dir=cache_dir)
     train, test = load_data(out / f"T{t}.npz"), load_data(out / f"T{t}_test.npz")
     start = time.perf_counter()

@@ -96,19 +96,11 @@ def train(data: dict[str, np.ndarray], vocab_size: int, epochs: int | None = Non
           hidden: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Train charlm.rnn with its train section on ``data``; the model and its settings."""
     import rnnlang
-    from rnnlang.api import parse_program
-    from rnnlang.lower import train_section
-    from rnnlang.train.loop import TrainConfig, fit
+    from rnnlang.train.loop import config_from_section, fit, spec_section
 
     spec = HERE / "charlm.rnn"
-    module, base = parse_program(spec)
-    sec = train_section(module, None, base)
-    fields = set(TrainConfig.__dataclass_fields__)
-    cfg = TrainConfig(**{k: v for k, v in sec.items() if k in fields})
-    if epochs is not None:
-        cfg.epochs = epochs
-    if seed is not None:
-        cfg.seed = seed
+    sec = spec_section(spec, None)
+    cfg = config_from_section(sec, epochs=epochs, seed=seed)
     sizes = {"V": vocab_size} | ({"H": hidden} if hidden is not None else {})
     m = rnnlang.compile(spec, seed=cfg.seed, cache_dir=cache_dir, **sizes)
     start = time.perf_counter()

@@ -145,19 +145,11 @@ def train_and_test(train: dict[str, np.ndarray], test: dict[str, np.ndarray],
     exact-match accuracy (whole dates) and per-character accuracy, with the teacher-forced
     per-character accuracy for comparison."""
     import rnnlang
-    from rnnlang.api import parse_program
-    from rnnlang.lower import train_section
-    from rnnlang.train.loop import TrainConfig, fit, predict
+    from rnnlang.train.loop import config_from_section, fit, predict, spec_section
 
     spec = HERE / "dates.rnn"
-    module, base = parse_program(spec)
-    sec = train_section(module, "dates", base)
-    fields = set(TrainConfig.__dataclass_fields__)
-    cfg = TrainConfig(**{k: v for k, v in sec.items() if k in fields})
-    if epochs is not None:
-        cfg.epochs = epochs
-    if seed is not None:
-        cfg.seed = seed
+    sec = spec_section(spec, "dates")
+    cfg = config_from_section(sec, epochs=epochs, seed=seed)
     m = rnnlang.compile(spec, model="dates", seed=cfg.seed, cache_dir=cache_dir, **sizes)
     start = time.perf_counter()
     fit(m, train, sec["losses"], cfg)

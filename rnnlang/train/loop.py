@@ -114,6 +114,23 @@ class TrainConfig:
         return out
 
 
+def config_from_section(section: Mapping[str, Any], **overrides: Any) -> TrainConfig:
+    """A `TrainConfig` from a checked ``train { }`` section (see `spec_section`); explicit
+    overrides win, None meaning "keep the section's value"."""
+    fields = set(TrainConfig.__dataclass_fields__)
+    values = {k: v for k, v in section.items() if k in fields}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)
+
+
+def spec_section(spec: str | Path, model: str | None = None) -> dict[str, Any]:
+    """The checked ``train { }`` section of ``model`` (the first model by default) in a spec."""
+    from rnnlang.api import parse_program
+    from rnnlang.lower.train import train_section
+    module, base = parse_program(spec)
+    return train_section(module, model, base)
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, float]]

@@ -19,10 +19,8 @@ import pytest
 
 import rnnlang
 from rnnlang.cli import main
-from rnnlang.lower import train_section
-from rnnlang.syntax.parse import parse
 from rnnlang.train.data import load_data
-from rnnlang.train.loop import TrainConfig, fit
+from rnnlang.train.loop import config_from_section, fit, spec_section
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -82,14 +80,12 @@ def test_command_line_flags_override_the_train_section(cache_dir: Path) -> None:
 
 
 def test_forecast_section_drives_fit_from_python(cache_dir: Path) -> None:
-    """The same settings through the Python API (train_section -> TrainConfig)."""
-    sec = train_section(parse(FORECAST.read_text(), str(FORECAST)), None, EXAMPLES)
+    """The same settings through the Python API (spec_section -> config_from_section)."""
+    sec = spec_section(FORECAST)
     assert sec["data"] == EXAMPLES / "data" / "sunspots.npz"
     assert (sec["optimizer"], sec["lr"], sec["batch_size"], sec["epochs"]) == ("adam", 0.01, 8, 60)
     assert [(s.output, s.kind, s.reduction) for s in sec["losses"]] == [("y", "mse", "step")]
-    fields = set(TrainConfig.__dataclass_fields__)
-    cfg = TrainConfig(**{k: v for k, v in sec.items() if k in fields})
-    cfg.epochs, cfg.max_steps = 1, 3
+    cfg = config_from_section(sec, epochs=1, max_steps=3)
     m = rnnlang.compile(FORECAST, cache_dir=cache_dir, seed=cfg.seed)
     res = fit(m, load_data(sec["data"]), sec["losses"], cfg)
     assert res.steps == 3
