@@ -36,8 +36,9 @@ losses: --loss OUT=mse|xent|bce[:step|last][*WEIGHT] (default: mse on every outp
 target); `last` scores the last valid step of each sequence, `step` every valid step.
 checkpoints: --checkpoint FILE (every --checkpoint-every steps and at each epoch end);
 --resume continues from it exactly (same data and options; --epochs may grow).
---tbptt K: truncated BPTT (unpadded sequences, per-step losses): each chunk of K steps is one
-update and starts from the previous chunk's final states (see docs/training.md)."""
+--tbptt K1 [--tbptt-k2 K2]: truncated BPTT (unpadded sequences, per-step losses): one update
+every K1 steps, backpropagating K2 steps (default K1: chunks of K1 steps, each starting from the
+previous chunk's final states); see docs/training.md."""
 
 
 def _usage(msg: str) -> int:
@@ -97,8 +98,10 @@ def add_commands(subparsers: Any, common: Callable[[argparse.ArgumentParser], No
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     p.add_argument("--tbptt", type=int, metavar="K",
-                   help="truncated BPTT: train on chunks of K steps, carrying the final "
-                   "states from chunk to chunk (one update per chunk)")
+                   help="truncated BPTT: one update every K steps, carrying the states "
+                   "forward from update to update")
+    p.add_argument("--tbptt-k2", type=int, metavar="K2",
+                   help="truncated BPTT: backpropagate K2 steps per update (default: --tbptt)")
     p.add_argument("--on-nonfinite", choices=("stop", "skip"),
                    help="a NaN/inf loss or gradient stops training (default) or skips the step")
     p.add_argument("--test-data", type=Path, help="evaluate on this file after training (never "
@@ -230,6 +233,9 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
         return _usage("--patience needs validation data (--val-split or --val-data)")
     seed = _pick(args.seed, sec, "seed", 0)
     tbptt = _pick(getattr(args, "tbptt", None), sec, "tbptt", None)
+    tbptt_k2 = _pick(getattr(args, "tbptt_k2", None), sec, "tbptt_k2", None)
+    if tbptt_k2 is not None and tbptt is None:
+        return _usage("--tbptt-k2 needs --tbptt (the number of steps between updates)")
     model = _compile(args, seed, stateful=tbptt is not None)
     specs = _losses(args, model, set(data.arrays), sec)
     optimizer = _pick(args.optimizer, sec, "optimizer", "adam")
@@ -253,7 +259,8 @@ def cmd_train(args: argparse.Namespace, out: TextIO) -> int:
                       seed=seed, val_fraction=val_split, patience=patience,
                       checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                       on_nonfinite=_pick(args.on_nonfinite, sec, "on_nonfinite", "stop"),
-                      max_steps=_pick(args.max_steps, sec, "max_steps", None), tbptt=tbptt)
+                      max_steps=_pick(args.max_steps, sec, "max_steps", None), tbptt=tbptt,
+                      tbptt_k2=tbptt_k2)
     res = fit(model, data, specs, cfg, val_data=val, resume=args.resume,
               progress=None if args.no_progress else sys.stderr)
     last = res.history[-1] if res.history else {}

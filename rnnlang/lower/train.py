@@ -127,6 +127,7 @@ SETTINGS: dict[str, tuple[str, Callable[[ast.Expr | ast.Str, str], Any]]] = {
     "seed": ("seed", _ints(0, 2**63 - 1)),
     "max_steps": ("max_steps", _ints(1)),
     "tbptt": ("tbptt", _ints(1)),
+    "tbptt_k2": ("tbptt_k2", _ints(1)),
     "on_nonfinite": ("on_nonfinite", _choice(NONFINITE)),
     "window": ("window", _ints(1)),
     "baseline": ("baseline", _choice(BASELINES)),
@@ -274,6 +275,9 @@ def _check_one(module: ast.Module, sec: ast.TrainDef, base: Path | None) -> dict
     if "patience" in res and not res.get("val_fraction") and "val_data" not in res:
         raise _bad("patience needs validation data (val_split or val_data)",
                    seen[("patience", None)].key_span)
+    if "tbptt_k2" in res and "tbptt" not in res:
+        raise _bad("tbptt_k2 needs tbptt (the number of steps between updates)",
+                   seen[("tbptt_k2", None)].key_span)
     return res
 
 

@@ -6,12 +6,14 @@ config and seed, training on CPU is bitwise reproducible, and a run resumed from
 checkpoints ends with the same parameters as an uninterrupted run (the checkpoint holds the
 parameters, optimizer state, RNG state, the epoch's permutation and the batch cursor).
 
-Truncated BPTT (``TrainConfig.tbptt = K``, a model compiled with ``stateful=True``): each batch
-of sequences longer than K steps is cut into chunks of K steps (the last may be shorter); each
-chunk is one optimizer step, whose gradient flows back at most K steps, and the final states of
-one chunk (detached: plain arrays) are the initial states of the next chunk of the same batch.
-This is TBPTT(k1, k2) with k1 == k2 == K. Checkpoints then also hold the chunk cursor and the
-carried states, so a resume mid-batch stays exact.
+Truncated BPTT, TBPTT(k1, k2) (``TrainConfig.tbptt = k1``, ``tbptt_k2 = k2``, default k1; a
+model compiled with ``stateful=True``): every k1 steps of a batch one optimizer update, whose
+gradient flows back k2 steps from the update's last step (see `tbptt_windows`); each step's
+loss counts in exactly one update. States enter each window as plain arrays (detached), computed
+forward with the parameters current at the time, like an online learner's. With k1 == k2 the
+windows are consecutive chunks of k1 steps and the final states of one chunk start the next.
+Checkpoints then also hold the chunk cursor and the carried states, so a resume mid-batch stays
+exact.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     max_steps: int | None = None
     restore_best: bool = True
-    tbptt: int | None = None  # truncated BPTT: chunks of this many steps (k1 == k2)
+    tbptt: int | None = None  # truncated BPTT: one update every k1 = tbptt steps ...
+    tbptt_k2: int | None = None  # ... backpropagating k2 steps (default: k1)
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None:
@@ -103,6 +106,11 @@ class TrainConfig:
             bad("max_steps must be >= 1")
         if self.tbptt is not None and not 1 <= self.tbptt <= 10_000_000:
             bad(f"tbptt must be >= 1, got {self.tbptt}")
+        if self.tbptt_k2 is not None:
+            if self.tbptt is None:
+                bad("tbptt_k2 needs tbptt (k1): the number of steps between updates")
+            if not 1 <= self.tbptt_k2 <= 10_000_000:
+                bad(f"tbptt_k2 must be >= 1, got {self.tbptt_k2}")
 
     def trajectory(self) -> dict[str, Any]:
         d = asdict(self)
@@ -111,6 +119,8 @@ class TrainConfig:
             out["epochs"], out["max_steps"] = self.epochs, self.max_steps
         if self.tbptt is not None:  # absent otherwise: older checkpoints stay resumable
             out["tbptt"] = self.tbptt
+            if self.tbptt_k2 not in (None, self.tbptt):
+                out["tbptt_k2"] = self.tbptt_k2
         return out
 
 
@@ -212,13 +222,22 @@ def _model_inputs(model: Model) -> list[tuple[str, str]]:
     return [(i.var.name, i.role) for i in model.program.inputs if i.role in ("seq", "vec")]
 
 
-def _out_lengths(data: Dataset, idx: np.ndarray, batch: Batch,
+def _out_lengths(model: Model, data: Dataset, idx: np.ndarray, batch: Batch,
                  specs: Sequence[LossSpec]) -> dict[str, np.ndarray | None]:
-    """Which lengths mask each output: ``lengths:<output>`` if given, else the lengths of
-    the one sequence input that has them."""
-    only = next(iter(batch.lengths.values())) if len(batch.lengths) == 1 else None
-    return {s.output: (data.lengths[s.output][idx] if s.output in data.lengths else only)
-            for s in specs}
+    """Which lengths mask each output: ``lengths:<output>`` if the data give them, else those
+    of the sequence input whose time axis the output runs along (each sequence input has an
+    axis of its own, ``T:<input>``: an encoder-decoder's outputs run on the target's axis, not
+    the source's); an output on an axis of its own is not masked."""
+    axes = {i.var.shape[0]: i.var.name for i in model.program.inputs if i.role == "seq"}
+    shapes = dict(zip(model.program.output_names,
+                      (o.shape for o in model.program.outputs), strict=True))
+    res: dict[str, np.ndarray | None] = {}
+    for s in specs:
+        shape = shapes[s.output]
+        src = axes.get(shape[0]) if len(shape) == 3 else None
+        res[s.output] = (data.lengths[s.output][idx] if s.output in data.lengths
+                         else batch.lengths.get(src) if src else None)
+    return res
 
 
 def _ensure_params(model: Model, batch: Batch) -> None:
@@ -231,22 +250,54 @@ def _seq_outputs(model: Model) -> set[str]:
             if len(v.shape) == 3}
 
 
-def _tbptt_chunks(model: Model, k: int, specs: Sequence[LossSpec], ds: Dataset,
-                  inputs: Sequence[tuple[str, str]]) -> int:
-    """Chunks per batch for truncated BPTT with chunks of ``k`` steps; E805 where it does not
-    apply (no state, losses that are not per step, padded or unequal sequences)."""
-    if not model.state_outputs:
-        what = "has no recurrent state" if model.options.stateful else "is not stateful"
-        raise error("E805", f"tbptt needs a model compiled with stateful=True (model "
-                    f"'{model.name}' {what})", None,
-                    hint="rnnlang.compile(..., stateful=True); rnnc train --tbptt does this")
+@dataclass(frozen=True)
+class Window:
+    """One truncated-BPTT update: run steps ``start:end`` from the state at ``start`` and
+    score the steps ``first:end`` (those new since the previous update)."""
+
+    start: int
+    first: int
+    end: int
+
+
+def tbptt_windows(t: int, k1: int, k2: int) -> list[Window]:
+    """The updates of TBPTT(k1, k2) over ``t`` steps: update c ends at step
+    e = min((c + 1) k1, t), backpropagates k2 steps (to max(0, e - k2)) and scores the steps
+    since the previous update; with k1 > k2 the first k1 - k2 of those run forward only and
+    their losses do not count. With k1 == k2 these are the chunks ``0:k1``, ``k1:2 k1``, ...,
+    except that a short last chunk still reaches k2 steps back."""
+    out = []
+    for c in range(math.ceil(t / k1)):
+        end = min((c + 1) * k1, t)
+        start = max(0, end - k2)
+        out.append(Window(start, max(c * k1, start), end))
+    return out
+
+
+def _carry_at(windows: Sequence[Window], c: int) -> int:
+    """Where the states carried into update ``c`` stand: made during update c - 1 (with its
+    parameters) up to the next window's start, or to its own end if that comes first."""
+    return 0 if c == 0 else min(windows[c].start, windows[c - 1].end)
+
+
+def _tbptt_windows(model: Model, k1: int, k2: int, specs: Sequence[LossSpec], ds: Dataset,
+                   inputs: Sequence[tuple[str, str]]) -> list[Window] | None:
+    """The windows of truncated BPTT, or None where one window covers every step (ordinary
+    training); E805 where it does not apply (no state, losses that are not per step, padded
+    or unequal sequences)."""
     ts = {ds.arrays[n].shape[1] for n, r in inputs if r == "seq"}
     if len(ts) != 1:
         raise error("E805", "tbptt needs sequence inputs that all have the same length"
                     if ts else "tbptt needs a sequence input", None)
     t = ts.pop()
-    if t <= k:  # one chunk: ordinary training
-        return 1
+    windows = tbptt_windows(t, k1, k2)
+    if windows == [Window(0, 0, t)]:
+        return None
+    if not model.state_outputs:
+        what = "has no recurrent state" if model.options.stateful else "is not stateful"
+        raise error("E805", f"tbptt needs a model compiled with stateful=True (model "
+                    f"'{model.name}' {what})", None,
+                    hint="rnnlang.compile(..., stateful=True); rnnc train --tbptt does this")
     seq_outs = _seq_outputs(model)
     for s in specs:
         if s.output not in seq_outs or s.reduction != "step":
@@ -258,7 +309,7 @@ def _tbptt_chunks(model: Model, k: int, specs: Sequence[LossSpec], ds: Dataset,
             raise error("E805", f"tbptt needs unpadded sequences, but {ds.source} has "
                         f"{'lengths:' + name if name else 'lengths'} below T = {t}", None,
                         hint="cut the data into full-length windows (--window T)")
-    return math.ceil(t / k)
+    return windows
 
 
 def _chunk(b: Batch, t0: int, t1: int, seq_inputs: set[str], seq_outputs: set[str]) -> Batch:
@@ -268,6 +319,17 @@ def _chunk(b: Batch, t0: int, t1: int, seq_inputs: set[str], seq_outputs: set[st
     tg = {k: (np.ascontiguousarray(v[t0:t1]) if k in seq_outputs else v)
           for k, v in b.targets.items()}
     return Batch(ins, {}, tg, b.size)
+
+
+def _advance(model: Model, b: Batch, t0: int, t1: int, state: dict[str, np.ndarray],
+             seq_inputs: set[str], seq_outputs: set[str]) -> dict[str, np.ndarray]:
+    """The states at step ``t1`` from those at ``t0``: a forward run, no gradient."""
+    if t1 == t0:
+        return state
+    with np.errstate(all="ignore"):
+        _, st = model.forward(_chunk(b, t0, t1, seq_inputs, seq_outputs).inputs,
+                              initial=state or None, return_state=True)
+    return {n: np.array(v) for n, v in st.items()}
 
 
 def _finite(grads: Mapping[str, np.ndarray]) -> str | None:
@@ -303,8 +365,9 @@ def fit(model: Model, data: Dataset | Mapping[str, Any],
         check_data(val, inputs, targets)
     bs = min(cfg.batch_size, train.n)
     nb = math.ceil(train.n / bs)
-    klen = cfg.tbptt or 0
-    nc = 1 if not klen else _tbptt_chunks(model, klen, specs, train, inputs)  # chunks per batch
+    windows = (None if cfg.tbptt is None else
+               _tbptt_windows(model, cfg.tbptt, cfg.tbptt_k2 or cfg.tbptt, specs, train, inputs))
+    nc = len(windows) if windows else 1  # updates per batch
     seq_inputs = {n for n, r in inputs if r == "seq"}
     seq_outputs = _seq_outputs(model)
     total = cfg.epochs * nb * nc
@@ -317,7 +380,7 @@ def fit(model: Model, data: Dataset | Mapping[str, Any],
 
     rng = np.random.default_rng(cfg.seed)
     epoch = batch_i = chunk_i = step = skipped = bad_epochs = 0
-    carry: dict[str, np.ndarray] = {}  # tbptt: final states of the batch's previous chunk
+    carry: dict[str, np.ndarray] = {}  # tbptt: states at _carry_at(windows, chunk_i)
     perm = np.arange(train.n)
     best_val: float | None = None
     best: dict[str, np.ndarray] = {}
@@ -369,7 +432,7 @@ def fit(model: Model, data: Dataset | Mapping[str, Any],
         meta = {"state": {"epoch": epoch, "batch": batch_i, "step": step, "skipped": skipped,
                           "bad_epochs": bad_epochs, "best_val": best_val,
                           "epoch_loss_sum": ep_sum, "epoch_batches": ep_n,
-                          "stopped": stopped, **({"chunk": chunk_i} if klen else {})},
+                          "stopped": stopped, **({"chunk": chunk_i} if windows else {})},
                 "history": history, "rng": rng.bit_generator.state,
                 "optimizer": opt.config(), "config": _jsonable(cfg.trajectory()),
                 "data": fingerprint, "seed": cfg.seed}
@@ -385,15 +448,22 @@ def fit(model: Model, data: Dataset | Mapping[str, Any],
         while batch_i < nb and (cfg.max_steps is None or step < cfg.max_steps):
             idx = perm[batch_i * bs:(batch_i + 1) * bs]
             b = make_batch(train, idx, inputs, targets, labels)
-            if nc > 1:
-                b = _chunk(b, chunk_i * klen, (chunk_i + 1) * klen, seq_inputs, seq_outputs)
-            fn = make_loss_fn(specs, b.targets, _out_lengths(train, idx, b, specs)
-                              if nc == 1 else {})
+            full, w = b, None
+            if windows:
+                w = windows[chunk_i]
+                if (at := _carry_at(windows, chunk_i)) < w.start:  # forward only, no loss
+                    carry = _advance(model, full, at, w.start, carry, seq_inputs, seq_outputs)
+                b = _chunk(full, w.start, w.end, seq_inputs, seq_outputs)
+            fn = make_loss_fn(specs, b.targets, {} if w else _out_lengths(model, train, idx, b, specs),
+                              from_step=w.first - w.start if w else 0)
             with np.errstate(all="ignore"):  # non-finite values are reported below
                 g = model.value_and_grad(fn, b.inputs, lengths=b.lengths or None,
                                          initial=carry or None)
-            if nc > 1:  # detached: the next chunk starts from these values
-                carry = {n: np.array(v) for n, v in model.split_state(g.outputs)[1].items()}
+            if w is not None and chunk_i + 1 < nc:  # detached states for the next update
+                to = _carry_at(windows, chunk_i + 1)  # type: ignore[arg-type]
+                carry = ({n: np.array(v) for n, v in model.split_state(g.outputs)[1].items()}
+                         if to == w.end else
+                         _advance(model, full, w.start, to, carry, seq_inputs, seq_outputs))
             loss = float(g.loss if g.loss is not None else math.nan)
             grads = dict(g.params)
             bad = None if math.isfinite(loss) else "the loss"
@@ -490,7 +560,7 @@ def evaluate(model: Model, data: Dataset | Mapping[str, Any],
         idx = np.arange(start, min(start + batch_size, ds.n))
         b = make_batch(ds, idx, inputs, targets, labels)
         outs = model.forward(b.inputs, lengths=b.lengths or None)
-        lens = _out_lengths(ds, idx, b, specs)
+        lens = _out_lengths(model, ds, idx, b, specs)
         for s in specs:
             total, count, _ = loss_terms(outs[s.output], b.targets[s.output], s, lens[s.output])
             sums[s.output] += total

@@ -80,7 +80,8 @@ def _select_last(out: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def _positions(out: np.ndarray, spec: LossSpec, lengths: np.ndarray | None,
-               target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+               target: np.ndarray, from_step: int = 0,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The predictions, targets and 0/1 mask over positions (leading axes) the loss sees."""
     z = out.astype(np.float64)
     if out.ndim == 3:
@@ -91,15 +92,19 @@ def _positions(out: np.ndarray, spec: LossSpec, lengths: np.ndarray | None,
                                             and np.issubdtype(target.dtype, np.integer))
             tgt = _select_last(target, lens) if per_step else target
             return _select_last(z, lens), tgt, None
-        mask = (np.arange(t_steps)[:, None] < lens[None, :]).astype(np.float64)
+        steps = np.arange(t_steps)[:, None]
+        mask = ((steps >= from_step) & (steps < lens[None, :])).astype(np.float64)
         return z, target, mask
     return z, target, None
 
 
 def loss_terms(out: np.ndarray, target: np.ndarray, spec: LossSpec,
-               lengths: np.ndarray | None) -> tuple[float, float, np.ndarray]:
-    """``(sum, count, d sum / d out)`` for one output of one batch (time-major arrays)."""
-    z, y, mask = _positions(out, spec, lengths, target)
+               lengths: np.ndarray | None, from_step: int = 0,
+               ) -> tuple[float, float, np.ndarray]:
+    """``(sum, count, d sum / d out)`` for one output of one batch (time-major arrays).
+    ``from_step``: per-step losses skip the steps before it (truncated BPTT scores each step
+    in one update only)."""
+    z, y, mask = _positions(out, spec, lengths, target, from_step)
     pos_shape = z.shape[:-1]
     m = np.ones(pos_shape) if mask is None else mask
     if spec.kind == "xent":
@@ -158,7 +163,7 @@ def _shape(spec: LossSpec, got: tuple[int, ...], want: tuple[int, ...], what: st
 
 
 def make_loss_fn(specs: Sequence[LossSpec], targets: Mapping[str, np.ndarray],
-                 lengths: Mapping[str, np.ndarray | None]) -> Callable[
+                 lengths: Mapping[str, np.ndarray | None], from_step: int = 0) -> Callable[
         [dict[str, np.ndarray]], tuple[float, dict[str, np.ndarray]]]:
     """A function for `Model.value_and_grad`: weighted sum of each output's mean loss."""
 
@@ -167,7 +172,7 @@ def make_loss_fn(specs: Sequence[LossSpec], targets: Mapping[str, np.ndarray],
         cots: dict[str, np.ndarray] = {}
         for s in specs:
             total, count, grad = loss_terms(outs[s.output], targets[s.output], s,
-                                            lengths.get(s.output))
+                                            lengths.get(s.output), from_step)
             scale = s.weight / max(count, 1.0)
             value += scale * total
             g = grad * scale

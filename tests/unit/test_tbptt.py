@@ -1,5 +1,6 @@
-"""Truncated BPTT in `rnnlang.train.fit` (``TrainConfig.tbptt``, ``rnnc train --tbptt``):
-chunks of K steps, final states carried (detached) from chunk to chunk, exact resume."""
+"""Truncated BPTT in `rnnlang.train.fit` (``TrainConfig.tbptt``/``tbptt_k2``, ``rnnc train
+--tbptt``): TBPTT(k1, k2) windows, states carried (detached) from update to update, each step
+scored once, exact resume."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rnnlang import RnnUserError
 from rnnlang.cli import main
 from rnnlang.train import TrainConfig, fit
 from rnnlang.train.checkpoint import load_checkpoint
+from rnnlang.train.loop import Window, tbptt_windows
 
 SPEC = """
 model m(H = 4, F = 3, O = 2) {
@@ -58,18 +60,19 @@ def test_chunks_as_long_as_the_sequence_equal_ordinary_training(k: int) -> None:
 
 def test_chunks_carry_detached_state() -> None:
     """fit with tbptt=4 on one batch equals a hand-written loop: per chunk of 4 steps, one
-    sgd update from the gradient of that chunk, starting from the previous chunk's finals."""
-    d = make_data(n=3)
+    sgd update from the gradient of that chunk, starting from the previous chunk's finals
+    (12 steps: whole chunks; a short last chunk is covered by the GRU tests below)."""
+    d = make_data(n=3, t=12)
     m = _model()
     r = fit(m, d, ["y=mse"], TrainConfig(epochs=1, batch_size=3, lr=0.1, optimizer="sgd",
                                          tbptt=4, seed=0))
-    assert r.steps == 3  # chunks 0:4, 4:8, 8:10
+    assert r.steps == 3  # chunks 0:4, 4:8, 8:12
     ref = _model()
     perm = np.random.default_rng(0).permutation(3)
     x = np.ascontiguousarray(d["x"][perm].transpose(1, 0, 2))
     y = d["y"][perm].transpose(1, 0, 2)
     state = None
-    for t0 in range(0, T, 4):
+    for t0 in range(0, 12, 4):
         xc, yc = x[t0:t0 + 4], y[t0:t0 + 4]
 
         def loss(outs: dict[str, np.ndarray], yc: np.ndarray = yc) -> tuple[
@@ -164,3 +167,171 @@ def test_cli_tbptt(tmp_path: Path) -> None:
     rc = main(["eval", str(spec), "--params", str(tmp_path / "p.npz"), "--data",
                str(tmp_path / "d.npz"), "--loss", "y=mse", "--target", "reference"], out=out)
     assert rc == 0, out.getvalue()
+
+
+@pytest.mark.parametrize(("t", "k1", "k2", "want"), [
+    (10, 4, 4, [(0, 0, 4), (4, 4, 8), (6, 8, 10)]),
+    (10, 2, 4, [(0, 0, 2), (0, 2, 4), (2, 4, 6), (4, 6, 8), (6, 8, 10)]),
+    (10, 3, 5, [(0, 0, 3), (1, 3, 6), (4, 6, 9), (5, 9, 10)]),
+    (10, 4, 2, [(2, 2, 4), (6, 6, 8), (8, 8, 10)]),
+    (10, 20, 5, [(5, 5, 10)]),
+    (10, 10, 30, [(0, 0, 10)]),
+])
+def test_windows(t: int, k1: int, k2: int, want: list[tuple[int, int, int]]) -> None:
+    assert tbptt_windows(t, k1, k2) == [Window(*w) for w in want]
+
+
+@pytest.mark.parametrize(("t", "k1", "k2"), [(t, k1, k2) for t in (1, 7, 12)
+                                             for k1 in (1, 2, 5, 12) for k2 in (1, 3, 5, 13)])
+def test_windows_score_each_step_once(t: int, k1: int, k2: int) -> None:
+    ws = tbptt_windows(t, k1, k2)
+    scored = [s for w in ws for s in range(w.first, w.end)]
+    assert scored == sorted(set(scored)) and set(scored) <= set(range(t))
+    if k1 <= k2:  # nothing runs forward only
+        assert scored == list(range(t))
+    for w in ws:
+        assert w.start <= w.first < w.end <= t
+        assert w.end - w.start == min(k2, w.end)  # k2 steps deep wherever the data allow
+
+
+GRU = """
+model g(H = 3, F = 2) {
+  input x: seq[F]
+  h = gru(H) over x
+  output y = h
+}
+"""
+
+
+def _gru() -> rnnlang.Model:
+    return rnnlang.compile(GRU, target="reference", dtype="float64", stateful=True)
+
+
+def _hand_tbptt(x: np.ndarray, y: np.ndarray, k1: int, k2: int, lr: float
+                ) -> dict[str, np.ndarray]:
+    """TBPTT(k1, k2) written out for one batch of the GRU model whose output is its state,
+    so states are read off the outputs: every k1 steps an sgd update from the loss on the
+    steps since the last update, backpropagating k2 steps; the state at the next window's
+    start is the one this update's forward run reached there (or, for steps that no window
+    covers, a forward run with the current parameters)."""
+    m = _gru()
+    t = x.shape[0]
+    e_prev, pos, state = 0, 0, None  # `state`: the h at step `pos`
+    for c in range((t + k1 - 1) // k1):
+        end = min((c + 1) * k1, t)
+        start = max(0, end - k2)
+        if pos < start:  # steps no window covers: forward only
+            state = {"h.h0": m.forward({"x": x[pos:start]}, initial=state)["y"][-1]}
+        first = max(e_prev, start)
+        yw = y[start:end]
+
+        def loss(outs: dict[str, np.ndarray], yw: np.ndarray = yw, k: int = first - start
+                 ) -> tuple[float, dict[str, np.ndarray]]:
+            diff = np.zeros_like(outs["y"])
+            diff[k:] = outs["y"][k:] - yw[k:]
+            n = diff[k:].size
+            return float(np.sum(diff ** 2) / n), {"y": 2 * diff / n,
+                                                   "final:h.h": np.zeros_like(diff[0])}
+
+        g = m.value_and_grad(loss, {"x": x[start:end]}, initial=state)
+        nxt = min(end, max(0, min((c + 2) * k1, t) - k2))  # the next window's start
+        if nxt > start:
+            state = {"h.h0": np.array(g.outputs["y"][nxt - start - 1])}
+        pos = max(nxt, start)
+        for n, v in g.params.items():
+            m.params[n] = m.params[n] - lr * v
+        e_prev = end
+    return m.params
+
+
+@pytest.mark.parametrize(("k1", "k2"), [(3, 5), (2, 4), (4, 2), (3, 1), (5, 20), (4, 4)])
+def test_k1_k2_equals_the_written_out_algorithm(k1: int, k2: int) -> None:
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(2, 11, 2)), rng.normal(size=(2, 11, 3)) * 0.5
+    m = _gru()
+    r = fit(m, {"x": x, "y": y}, ["y=mse"], TrainConfig(
+        epochs=1, batch_size=2, lr=0.1, optimizer="sgd", tbptt=k1, tbptt_k2=k2, seed=0))
+    assert r.steps == -(-11 // k1)
+    perm = np.random.default_rng(0).permutation(2)
+    want = _hand_tbptt(np.ascontiguousarray(x[perm].transpose(1, 0, 2)),
+                       y[perm].transpose(1, 0, 2), k1, k2, 0.1)
+    for n in want:
+        np.testing.assert_allclose(m.params[n], want[n], rtol=1e-11, atol=1e-13, err_msg=n)
+
+
+def test_k2_past_the_start_is_full_bptt_of_the_new_steps() -> None:
+    """With k2 >= T every update backpropagates to step 0 from zero states: the gradient of
+    the loss on steps c k1 : (c + 1) k1 of the prefix run, computed without any carrying."""
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(3, 9, 2)), rng.normal(size=(3, 9, 3))
+    m = _gru()
+    fit(m, {"x": x, "y": y}, ["y=mse"], TrainConfig(epochs=1, batch_size=3, lr=0.05,
+                                                    optimizer="sgd", tbptt=4, tbptt_k2=9))
+    ref = rnnlang.compile(GRU, target="reference", dtype="float64")
+    perm = np.random.default_rng(0).permutation(3)
+    xt, yt = x[perm].transpose(1, 0, 2), y[perm].transpose(1, 0, 2)
+    for e0 in (0, 4, 8):
+        e1 = min(e0 + 4, 9)
+
+        def loss(outs: dict[str, np.ndarray], e0: int = e0, e1: int = e1
+                 ) -> tuple[float, dict[str, np.ndarray]]:
+            d = np.zeros_like(outs["y"])
+            d[e0:] = outs["y"][e0:] - yt[e0:e1]
+            return float(np.mean(d[e0:] ** 2)), {"y": 2 * d / d[e0:].size}
+
+        g = ref.value_and_grad(loss, {"x": np.ascontiguousarray(xt[:e1])})
+        for n, v in g.params.items():
+            ref.params[n] = ref.params[n] - 0.05 * v
+    for n in ref.params:
+        np.testing.assert_allclose(m.params[n], ref.params[n], rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize(("k1", "k2"), [(3, 5), (4, 2)])
+def test_resume_mid_batch_is_exact_k1_k2(tmp_path: Path, k1: int, k2: int) -> None:
+    cfg = dict(CFG, tbptt=k1, tbptt_k2=k2)
+    m0 = _model()
+    r0 = fit(m0, make_data(), ["y=mse"], TrainConfig(**cfg))  # type: ignore[arg-type]
+    ck = tmp_path / "ck.npz"
+    for stop in (2, 5):
+        fit(_model(), make_data(), ["y=mse"], TrainConfig(  # type: ignore[arg-type]
+            checkpoint=ck, checkpoint_every=1, max_steps=stop, **cfg))
+        assert load_checkpoint(ck).meta["state"]["chunk"] > 0
+        m1 = _model()
+        r1 = fit(m1, make_data(), ["y=mse"], TrainConfig(checkpoint=ck, **cfg),  # type: ignore[arg-type]
+                 resume=True)
+        _same(m1.params, m0.params)
+        assert r1.history == r0.history
+        ck.unlink()
+    # k2 is part of the trajectory: resuming with another k2 is refused
+    fit(_model(), make_data(), ["y=mse"], TrainConfig(checkpoint=ck, max_steps=2, **cfg))  # type: ignore[arg-type]
+    with pytest.raises(RnnUserError, match="tbptt_k2"):
+        fit(_model(), make_data(), ["y=mse"], TrainConfig(  # type: ignore[arg-type]
+            checkpoint=ck, **dict(cfg, tbptt_k2=k2 + 1)), resume=True)
+
+
+def test_k1_k2_errors_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = make_data()
+    with pytest.raises(RnnUserError, match="tbptt_k2 needs tbptt"):
+        fit(_model(), d, ["y=mse"], TrainConfig(tbptt_k2=4))
+    with pytest.raises(RnnUserError, match="tbptt_k2 must be >= 1"):
+        fit(_model(), d, ["y=mse"], TrainConfig(tbptt=2, tbptt_k2=0))
+    # k1 >= T but k2 < T still truncates: the model must be stateful
+    with pytest.raises(RnnUserError, match="stateful=True"):
+        fit(_model(stateful=False), d, ["y=mse"], TrainConfig(tbptt=T, tbptt_k2=3))
+    spec = tmp_path / "m.rnn"
+    spec.write_text(SPEC + "train m {\n  tbptt = 2\n  tbptt_k2 = 5\n  epochs = 1\n}\n")
+    np.savez(tmp_path / "d.npz", **d)
+    args = ["train", str(spec), "--data", str(tmp_path / "d.npz"), "--loss", "y=mse",
+            "--no-progress", "--target", "reference", "--dtype", "float64", "--batch-size",
+            "6", "-o", str(tmp_path / "p.npz")]
+    out = io.StringIO()
+    assert main(args, out=out) == 0, out.getvalue()
+    assert "10 steps" in out.getvalue()  # 2 batches x 5 updates
+    out = io.StringIO()
+    assert main([*args, "--tbptt", "5", "--tbptt-k2", "3"], out=out) == 0, out.getvalue()
+    assert "4 steps" in out.getvalue()
+    spec.write_text(SPEC + "train m {\n  tbptt_k2 = 5\n}\n")
+    capsys.readouterr()
+    assert main(args, out=io.StringIO()) == 1
+    err = capsys.readouterr().err
+    assert "tbptt_k2 needs tbptt" in err and "m.rnn:" in err and "^" in err

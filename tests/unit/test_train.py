@@ -412,3 +412,46 @@ def test_cli_run_data(tmp_path: Path) -> None:
     assert "output y: shape (5, 6, 2)" in out.getvalue()
     with np.load(tmp_path / "pred.npz") as f:
         assert f["z"].shape == (5, 2)
+
+
+S2S = """
+model s2s(F = 2, V = 3, H = 4) {
+  input src: seq[F]
+  input tgt: seq[V]
+  param Wy[H, V] = glorot
+  param Wc[H, 1] = glorot
+  enc = lstm(H) over src
+  dec = lstm(H) over tgt from enc
+  output logits = dec @ Wy
+  output code = enc @ Wc
+}
+"""
+
+
+def test_output_lengths_follow_the_time_axis() -> None:
+    """Only the source has lengths: the encoder-side output is masked by them, the decoder's
+    (on the target's axis) is not; `lengths:<output>` overrides."""
+    m = rnnlang.compile(S2S, target="reference", dtype="float64")
+    rng = np.random.default_rng(0)
+    n, ts, tt = 3, 5, 4
+    ls = np.array([2, 5, 3])
+    d = {"src": rng.normal(size=(n, ts, 2)), "tgt": rng.normal(size=(n, tt, 3)),
+         "logits": rng.normal(size=(n, tt, 3)), "code": rng.normal(size=(n, ts, 1)),
+         "lengths:src": ls}
+    outs = m.forward({"src": np.ascontiguousarray(d["src"].transpose(1, 0, 2)),
+                      "tgt": np.ascontiguousarray(d["tgt"].transpose(1, 0, 2))},
+                     lengths={"src": ls})
+    lo = outs["logits"].transpose(1, 0, 2)
+    co = outs["code"].transpose(1, 0, 2)
+    want_logits = np.mean((lo - d["logits"]) ** 2)  # every target step counts
+    valid = np.arange(ts)[None, :] < ls[:, None]
+    want_code = np.sum(((co - d["code"])[..., 0] ** 2) * valid) / valid.sum()
+    got = evaluate(m, d, ["logits=mse", "code=mse"])
+    np.testing.assert_allclose(got["logits"], want_logits, rtol=1e-12)
+    np.testing.assert_allclose(got["code"], want_code, rtol=1e-12)
+    lt = np.array([4, 1, 2])
+    got = evaluate(m, dict(d, **{"lengths:logits": lt}), ["logits=mse"])
+    vt = np.arange(tt)[None, :] < lt[:, None]
+    np.testing.assert_allclose(
+        got["logits"], np.sum(((lo - d["logits"]) ** 2).sum(-1) * vt) / (vt.sum() * 3),
+        rtol=1e-12)
