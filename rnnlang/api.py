@@ -160,7 +160,12 @@ class Model:
               initial: Mapping[str, Any] | None) -> Bound:
         given = dict(inputs or {})
         given.update(kw)
+        device: dict[str, Any] = {}
+        if self.options.target == "cuda":  # device arrays stay where they are
+            from rnnlang.executors_cuda import split_device_inputs
+            given, device = split_device_inputs(given, self.dtype)
         bound = bind_inputs(self.program, self.static, given, lengths, initial, self.dtype)
+        bound.values.update(device)
         if not self.params:
             self.params = init_params(self.program, bound.dims, self.dtype, self.options.seed)
         if not param_dims_known(self.program, self.static):
@@ -348,8 +353,8 @@ def compile(source_or_path: str | os.PathLike[str], target: str = "cpu",
     static = static_dims(prog, dims)
     m = Model(prog, opts, text, name, static, log, raw, state_outputs)
     if target == "cuda":
-        from rnnlang.executors import check_cuda_available
-        check_cuda_available()
+        from rnnlang.executors_cuda import require_cuda
+        require_cuda()
     return m
 
 

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rnnlang.diagnostics import error
 from rnnlang.interp import run_program
 from rnnlang.ir.nodes import Program
 from rnnlang.runtime import Bound
@@ -114,19 +113,15 @@ def _blas_limiter(threads: int | None) -> Callable[[], Any] | None:
 
 
 def check_cuda_available() -> None:
-    try:
-        from numba import cuda
-    except ImportError:
-        raise error("E700", "target 'cuda' needs numba-cuda", None,
-                    hint="pip install -e '.[cuda]'") from None
-    if not cuda.is_available():
-        raise error("E700", "target 'cuda' needs an NVIDIA GPU, and none is available", None,
-                    hint="use target='cpu'")
-    raise error("E701", "the CUDA target is not implemented yet", None,
-                hint="use target='cpu'; CUDA kernels are tracked as a separate issue")
+    """Raise the user error (E700) when the CUDA target cannot run here."""
+    from rnnlang.executors_cuda import require_cuda
+    require_cuda()
 
 
-def make_executor(model: Model) -> ReferenceExecutor | CpuExecutor:
+def make_executor(model: Model) -> Any:
     if model.options.target == "reference":
         return ReferenceExecutor(model)
+    if model.options.target == "cuda":
+        from rnnlang.executors_cuda import CudaExecutor
+        return CudaExecutor(model)
     return CpuExecutor(model)

@@ -1,0 +1,211 @@
+"""Hand-written CUDA pieces the generated CUDA modules call.
+
+Device helpers for the pointwise templates of ``ir/ops.py`` (same names as the CPU prelude in
+``kernels.py``), the launch configuration, and the whole-tensor kernels that are the same for
+every model: tiled shared-memory matmuls (the hoisted input projections and the weight
+gradients after the backward scan), zero-fill, copy and cast. Everything model-specific (the
+persistent scan kernels, fused pointwise kernels) is generated.
+
+Import this module only when the CUDA target is used: it imports ``numba.cuda``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+from types import SimpleNamespace
+from typing import Any
+
+import numba
+import numpy as np
+from numba import cuda
+
+
+def _device(fn):  # type: ignore[no-untyped-def]
+    return cuda.jit(device=True, inline=True)(fn)
+
+
+@_device
+def _sigmoid(x):  # type: ignore[no-untyped-def]
+    # exp(-x) may overflow to inf for very negative x; 1/(1+inf) = 0 is the right limit
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@_device
+def _softplus(x):  # type: ignore[no-untyped-def]
+    return math.log1p(math.exp(-abs(x))) + max(x, 0.0)
+
+
+@_device
+def _hard_sigmoid(x):  # type: ignore[no-untyped-def]
+    return min(max(x / 6.0 + 0.5, 0.0), 1.0)
+
+
+@_device
+def _elu(x):  # type: ignore[no-untyped-def]
+    return x if x > 0.0 else math.expm1(x)
+
+
+@_device
+def _gelu(x):  # type: ignore[no-untyped-def]
+    return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
+
+
+@_device
+def _d_gelu(x):  # type: ignore[no-untyped-def]
+    return 0.5 * (1.0 + math.erf(x * 0.7071067811865476)) + x * math.exp(
+        -0.5 * x * x) * 0.3989422804014327
+
+
+@_device
+def _d_softsign(x):  # type: ignore[no-untyped-def]
+    d = 1.0 + abs(x)
+    return 1.0 / (d * d)
+
+
+@_device
+def _sign(x):  # type: ignore[no-untyped-def]
+    return 1.0 if x > 0.0 else (-1.0 if x < 0.0 else 0.0)
+
+
+PRELUDE = ("_sigmoid", "_softplus", "_hard_sigmoid", "_elu", "_gelu", "_d_gelu", "_d_softsign",
+           "_sign")
+
+
+def simulated() -> bool:
+    """Whether ``numba.cuda`` is Numba's CPU simulator (one OS thread per CUDA thread)."""
+    return bool(numba.config.ENABLE_CUDASIM)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Launch shapes the generated drivers use.
+
+    ``threads``: threads per block of the elementwise kernels and the persistent scan kernels;
+    ``max_blocks``: the most blocks a scan kernel gets (each owns ``ceil(B / max_blocks)``
+    batch rows, so a block per row up to the number of SMs); ``grid_cap``: the most blocks of
+    an elementwise kernel (they stride over the elements); ``tile``: the matmul tile edge.
+    """
+
+    threads: int = 256
+    max_blocks: int = 132
+    grid_cap: int = 4096
+    tile: int = 16
+
+    @staticmethod
+    def for_device() -> Launch:
+        if simulated():  # tiny blocks: the simulator runs a thread per CUDA thread
+            return Launch(threads=4, max_blocks=2, grid_cap=4, tile=4)
+        dev = cuda.get_current_device()
+        return Launch(max_blocks=int(getattr(dev, "MULTIPROCESSOR_COUNT", 132)))
+
+    def grid(self, total: int) -> int:
+        return max(1, min(self.grid_cap, -(-total // self.threads)))
+
+    def rows(self, batch: int) -> int:
+        """Batch rows per block of a persistent scan kernel."""
+        return max(1, -(-batch // self.max_blocks))
+
+
+@cache
+def for_dtype(dtype: Any, tile: int) -> SimpleNamespace:
+    """Whole-tensor kernels and their host wrappers for one dtype and tile edge."""
+    nb = numba.from_dtype(np.dtype(dtype))
+    dt = np.dtype(dtype)
+    TILE = tile
+
+    @cuda.jit
+    def _mm(a, w, out, trans_w, m, n, k):  # out[m, n] = a[m, k] @ (w or w.T)
+        sa = cuda.shared.array((TILE, TILE), nb)
+        sw = cuda.shared.array((TILE, TILE), nb)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        row = cuda.blockIdx.y * TILE + ty
+        col = cuda.blockIdx.x * TILE + tx
+        acc = nb(0.0)
+        for k0 in range(0, k, TILE):
+            sa[ty, tx] = a[row, k0 + tx] if row < m and k0 + tx < k else 0.0
+            kk = k0 + ty
+            if col < n and kk < k:
+                sw[ty, tx] = w[col, kk] if trans_w else w[kk, col]
+            else:
+                sw[ty, tx] = 0.0
+            cuda.syncthreads()
+            for q in range(TILE):
+                acc += sa[ty, q] * sw[q, tx]
+            cuda.syncthreads()
+        if row < m and col < n:
+            out[row, col] = acc
+
+    @cuda.jit
+    def _mm_tn(a, g, out, rows, k, n):  # out[k, n] = a[rows, k]^T @ g[rows, n]
+        sa = cuda.shared.array((TILE, TILE), nb)
+        sg = cuda.shared.array((TILE, TILE), nb)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        row = cuda.blockIdx.y * TILE + ty  # index into k
+        col = cuda.blockIdx.x * TILE + tx  # index into n
+        acc = nb(0.0)
+        for r0 in range(0, rows, TILE):
+            # sa[q, ty] = a[r0 + q, blockrow + ty] loaded as sa[tx-th row] for coalescing
+            ra = r0 + tx
+            ka = cuda.blockIdx.y * TILE + ty
+            sa[tx, ty] = a[ra, ka] if ra < rows and ka < k else 0.0
+            rg = r0 + ty
+            sg[ty, tx] = g[rg, col] if rg < rows and col < n else 0.0
+            cuda.syncthreads()
+            for q in range(TILE):
+                acc += sa[q, ty] * sg[q, tx]
+            cuda.syncthreads()
+        if row < k and col < n:
+            out[row, col] = acc
+
+    @cuda.jit
+    def _fill0(x, total):
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            x[e] = 0.0
+
+    @cuda.jit
+    def _copy(dst, src, total):
+        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+            dst[e] = src[e]
+
+    def _blocks(m: int, n: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        return (max(1, -(-n // TILE)), max(1, -(-m // TILE))), (TILE, TILE)
+
+    def matmul(a: Any, w: Any, trans_w: bool = False) -> Any:
+        """``a @ w`` (or ``a @ w.T``) over every leading axis of ``a`` as one GEMM."""
+        shape = tuple(a.shape)  # the simulator's shapes take no negative indices
+        k = shape[-1]
+        n = w.shape[0] if trans_w else w.shape[1]
+        lead = shape[:-1]
+        m = int(np.prod(lead, dtype=np.int64))
+        out = cuda.device_array(lead + (n,), dt)
+        grid, block = _blocks(m, n)
+        _mm[grid, block](a.reshape(m, k), w, out.reshape(m, n), trans_w, m, n, k)
+        return out
+
+    def matmul_tn(a: Any, g: Any) -> Any:
+        """``A^T @ G`` with every leading axis folded into the rows (weight gradients)."""
+        sa, sg = tuple(a.shape), tuple(g.shape)
+        k, n = sa[-1], sg[-1]
+        rows = int(np.prod(sa[:-1], dtype=np.int64))
+        out = cuda.device_array((k, n), dt)
+        grid, block = _blocks(k, n)
+        _mm_tn[grid, block](a.reshape(rows, k), g.reshape(rows, n), out, rows, k, n)
+        return out
+
+    def zeros(shape: tuple[int, ...], launch: Launch) -> Any:
+        out = cuda.device_array(shape, dt)
+        total = int(np.prod(shape, dtype=np.int64))
+        _fill0[launch.grid(total), launch.threads](out.reshape(total), total)
+        return out
+
+    def copy(src: Any, launch: Launch) -> Any:
+        """A device-side copy (a scan array that starts from an input)."""
+        shape = tuple(src.shape)
+        out = cuda.device_array(shape, dt)
+        total = int(np.prod(shape, dtype=np.int64))
+        _copy[launch.grid(total), launch.threads](out.reshape(total), src.reshape(total), total)
+        return out
+
+    return SimpleNamespace(matmul=matmul, matmul_tn=matmul_tn, zeros=zeros, copy=copy)
