@@ -119,7 +119,7 @@ def emit_element(c: Ctx, w: CodeWriter, e: Eqn, idx: list[str], out_ref: str) ->
             w.line(f"{out_ref} = _acc")
         case "matmul_tn":
             x, g = ins
-            lead = [f"_r{k}" for k in range(len(x.shape) - 1)]
+            lead = [f"_x{k}" for k in range(len(x.shape) - 1)]
             w.line("_acc = _ZERO")
             depth = w.depth
             for k, nm in enumerate(lead):
@@ -136,8 +136,8 @@ def emit_element(c: Ctx, w: CodeWriter, e: Eqn, idx: list[str], out_ref: str) ->
             loops: list[tuple[str, int]] = []
             for k in range(len(g.shape)):
                 if k < pad or (target[k - pad] == Dim.of(1) and g.shape[k] != Dim.of(1)):
-                    gi.append(f"_r{k}")
-                    loops.append((f"_r{k}", k))
+                    gi.append(f"_x{k}")
+                    loops.append((f"_x{k}", k))
                 else:
                     gi.append(idx[k - pad])
             w.line("_acc = _ZERO")

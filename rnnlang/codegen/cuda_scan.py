@@ -60,26 +60,48 @@ def batched(shape: tuple[Dim, ...]) -> bool:
     return len(shape) >= 1 and shape[0] == BATCH
 
 
+# ops linear in the listed operands ("all": every operand): a partial sum stays a partial sum
+_LINEAR: dict[str, tuple[int, ...] | str] = {
+    "neg": (0,), "identity": (0,), "slice": (0,), "pad": (0,), "sum_to": (0,),
+    "div": (0,), "d_tanh": (0,), "d_sigmoid": (0,), "matmul": (0,), "matmul_nt": (0,),
+    "mul": (0, 1), "add": "all", "sub": "all", "concat": "all"}
+
+
+def _partial_ok(x: Eqn, kind: dict[str, str]) -> bool:
+    """Whether ``x`` applied to partial sums gives the partial sum of its result: it is linear
+    in every partial operand and its other operands are the same in every block."""
+    rule = _LINEAR.get(x.op)
+    if rule is None:
+        return False
+    ks = [kind[v.name] if isinstance(v, Var) else "const" for v in x.inputs]
+    if rule == "all":
+        return all(k == "part" for k in ks)
+    parts = [i for i, k in enumerate(ks) if k == "part"]
+    return (len(parts) == 1 and parts[0] in rule and  # type: ignore[operator]
+            all(k in ("rep", "const") for i, k in enumerate(ks) if i != parts[0]))
+
+
 def kinds(spec: ScanSpec) -> tuple[dict[str, str], bool]:
     """Per body value: ``row`` (has the batch axis), ``rep`` (no batch axis, the same in every
-    block) or ``part`` (a block's partial sum over its rows). Also whether the scan must run
-    on one block: a partial sum used for anything but a sum over time."""
+    block) or ``part`` (a block's partial sum over its rows: a reduction over the batch, or a
+    linear function of one). Also whether the scan must run on one block: a partial sum that
+    feeds anything but a sum over time or another partial sum."""
     body = spec.body
     kind = {v.name: "row" if batched(v.shape) else "rep" for v in body.inputs}
     single = False
     for x in body.eqns:
-        ins = [(v, kind[v.name]) for v in x.inputs if isinstance(v, Var)]
+        ins = [kind[v.name] for v in x.inputs if isinstance(v, Var)]
         out = x.outputs[0]
-        if any(k == "part" for _, k in ins):
-            single = True
         if x.op in ("matmul", "matmul_nt") and kind.get(getattr(x.inputs[1], "name", ""),
                                                          "") == "row":
             single = True  # contracts over the batch axis
-        if batched(out.shape):
+        if "part" in ins:  # on one block, a partial sum is the whole sum
+            kind[out.name] = "row" if batched(out.shape) else "part"
+            if batched(out.shape) or not _partial_ok(x, kind):
+                single = True
+        elif batched(out.shape):
             kind[out.name] = "row"
-        elif x.op in ("matmul_tn", "sum_to") and any(k == "row" for _, k in ins):
-            kind[out.name] = "part"
-        elif any(k == "part" for _, k in ins):
+        elif x.op in ("matmul_tn", "sum_to") and "row" in ins:
             kind[out.name] = "part"
         else:
             kind[out.name] = "rep"

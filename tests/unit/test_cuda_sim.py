@@ -1,0 +1,289 @@
+"""The CUDA target agrees with the CPU target, run in Numba's CUDA simulator (float64).
+
+Numba picks the simulator when its config is first loaded, and the rest of the suite must keep
+seeing "no GPU" (``test_api`` checks that error). So in an ordinary run this file holds one test
+that runs the file again in a subprocess with ``NUMBA_ENABLE_CUDASIM=1``; there (or when run by
+hand with that variable, or on a real GPU with ``RNNLANG_REAL_GPU=1``) the real tests run.
+
+Shapes are tiny (the simulator runs one OS thread per CUDA thread) but chosen to exercise the
+layouts: B = 3 rows over 2 blocks of 2 and 1 rows, unequal lengths, T up to 4.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import rnnlang
+
+pytestmark = pytest.mark.cudasim
+
+HERE = Path(__file__)
+ROOT = HERE.parents[2]
+IN_SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+REAL_GPU = os.environ.get("RNNLANG_REAL_GPU") == "1"
+TIGHT = {"rtol": 1e-10, "atol": 1e-12}
+B, H, F = 3, 3, 2
+T = 4
+LENGTHS = np.array([4, 2, 3])
+
+
+if not (IN_SIM or REAL_GPU):
+
+    def test_cuda_target_in_the_simulator() -> None:
+        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+        r = subprocess.run([sys.executable, "-m", "pytest", str(HERE), "-q", "-p",
+                            "no:cacheprovider", "-W", "ignore::DeprecationWarning"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        tail = (r.stdout[-6000:] + r.stderr[-3000:])
+        assert r.returncode == 0, tail
+        assert " passed" in r.stdout and "skipped" not in r.stdout, tail
+
+else:
+    from hypothesis import given, settings
+
+    from rnnlang.codegen.cuda_scan import kinds
+    from rnnlang.executors_cuda import CudaExecutor, require_cuda
+    from tests.unit.test_properties import Data, cell_sources, data
+
+    def cell_model(layer: str) -> str:
+        return (f"model m(H, F) {{\n  input x: seq[F]\n  enc = {layer} over x\n"
+                f"  output y = enc\n}}\n")
+
+    TAGGER = """model tagger(H, O, F) {
+  input x: seq[F]
+  param Wy[H, O] = glorot
+  param by[O] = zeros
+  enc = stack(lstm(H), 2) over x
+  output y = enc @ Wy + by
+}
+"""
+    CONV_BIDIR = """model m(H, F) {
+  input x: seq[F]
+  c = conv1d(x, channels=4, kernel=3, stride=2, padding=1)
+  enc = bidir(elman(H)) over c
+  output y = enc
+  output p = last(enc)
+  output q = mean(enc)
+}
+"""
+    ENC_DEC = """model seq2seq(H, F, G) {
+  input x: seq[F]
+  input z: seq[G]
+  enc = lstm(H) over x
+  dec = gru(H) over z from enc
+  output y = dec
+}
+"""
+    DELAY = """cell tdnn(x[I]) -> h[H] {
+  state s[H]
+  param W0[I, H] = glorot
+  param W2[I, H] = glorot
+  param V[H, H] = orthogonal
+  param U[H, H] = orthogonal
+  param b[H] = zeros
+  s = tanh(x @ W0 + x[t-2] @ W2 + s[t-3] @ V + h[t-1] @ U + b)
+  h = sigmoid(s) * s[t-1] + 0.5 * s
+}
+model m(H, F) {
+  input x: seq[F]
+  enc = tdnn(H) over x
+  output y = reverse(enc)
+}
+"""
+    CELLS = {"elman": "elman(H)", "jordan": "jordan(2, H)", "lstm": "lstm(H)", "gru": "gru(H)",
+             "peephole_lstm": "peephole_lstm(H)", "indrnn": "indrnn(H)", "mgu": "mgu(H)"}
+    MODELS = {**{k: cell_model(v) for k, v in CELLS.items()}, "stacked": TAGGER,
+              "bidir_conv_pool": CONV_BIDIR, "enc_dec": ENC_DEC, "delay": DELAY}
+    DIMS = {"stacked": {"H": H, "O": 2}}
+    NO_PASSES = ("fuse_gate_matmuls", "hoist_input_projections", "dce")
+
+    def compile_pair(src: str, cache: Path, disable: tuple[str, ...] = (),
+                     **dims: int) -> tuple[rnnlang.Model, rnnlang.Model]:
+        dims = dims or {"H": H}
+        return tuple(rnnlang.compile(src, target=t, dtype="float64", cache_dir=cache,
+                                     disable_passes=disable, **dims)
+                     for t in ("cuda", "cpu"))  # type: ignore[return-value]
+
+    def problem(m: rnnlang.Model, seed: int, t: int = T, lengths: np.ndarray = LENGTHS,
+                ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, np.ndarray]]:
+        """Random inputs, initial states and nonzero parameters (set on ``m``)."""
+        rng = np.random.default_rng(seed)
+        inputs = {n: rng.standard_normal((t, B, F if n == "x" else 2)) for n in m.input_names}
+        m.forward(inputs, lengths=_lengths(m, lengths))  # sizes and parameters from the data
+        m.params = {k: 0.5 * rng.standard_normal(v.shape) for k, v in m.params.items()}
+        probe = m.forward(inputs, lengths=_lengths(m, lengths))
+        cots = {k: rng.standard_normal(v.shape) for k, v in probe.items()}
+        return inputs, _lengths(m, lengths), cots
+
+    def _lengths(m: rnnlang.Model, lengths: np.ndarray) -> Any:
+        return {n: lengths for n in m.input_names} if len(m.input_names) > 1 else lengths
+
+    def check_pair(cu: rnnlang.Model, cp: rnnlang.Model, seed: int) -> None:
+        inputs, lens, cots = problem(cp, seed)
+        cu.params = {k: v.copy() for k, v in cp.params.items()}
+        rng = np.random.default_rng(seed + 1)
+        probe = cp.vjp(inputs, cots, lengths=lens)
+        initial = {s: 0.5 * rng.standard_normal(probe.inputs[s].shape) for s in cp.state_names}
+        fc = cu.forward(inputs, lengths=lens, initial=initial)
+        fp = cp.forward(inputs, lengths=lens, initial=initial)
+        assert set(fc) == set(fp)
+        for k in fp:
+            np.testing.assert_allclose(fc[k], fp[k], **TIGHT, err_msg=f"output {k}")
+        gc = cu.vjp(inputs, cots, lengths=lens, initial=initial)
+        gp = cp.vjp(inputs, cots, lengths=lens, initial=initial)
+        assert set(gc.params) == set(gp.params) and set(gc.inputs) == set(gp.inputs)
+        for k in gp.params:
+            np.testing.assert_allclose(gc.params[k], gp.params[k], **TIGHT, err_msg=f"d {k}")
+        for k in gp.inputs:
+            np.testing.assert_allclose(gc.inputs[k], gp.inputs[k], **TIGHT, err_msg=f"d {k}")
+        assert any(np.any(g != 0) for g in gp.params.values())
+
+    @pytest.mark.parametrize("name", list(MODELS))
+    def test_forward_and_gradients_match_cpu(name: str, cache_dir: Path) -> None:
+        cu, cp = compile_pair(MODELS[name], cache_dir, **DIMS.get(name, {}))
+        check_pair(cu, cp, seed=len(name))
+
+    # tanh(b) is computed inside the step, so BPTT reduces its cotangent over the batch there
+    IN_STEP_REDUCTION = """cell c(x[I]) -> h[H] {
+  param W[I, H] = glorot
+  param U[H, H] = orthogonal
+  param b[H] = zeros
+  h = tanh(x @ W + h[t-1] @ U + tanh(b) * h[t-1])
+}
+model m(H, F) {
+  input x: seq[F]
+  enc = c(H) over x
+  output y = enc
+}
+"""
+
+    def test_in_step_batch_reductions_are_summed_across_blocks(cache_dir: Path) -> None:
+        """A parameter gradient reduced over the batch inside the backward step: each block
+        adds its partial sum with atomics (B = 3 runs on 2 blocks)."""
+        cu, cp = compile_pair(IN_STEP_REDUCTION, cache_dir)
+        specs = [e.attr("scan") for e in cu.grad_programs().backward.eqns if e.op == "scan"]
+        (kind, single), = [kinds(s) for s in specs]
+        assert "part" in kind.values() and not single
+        assert "cuda.atomic.add" in cu.emit("python")
+        check_pair(cu, cp, seed=11)
+
+    def test_unhoisted_products(cache_dir: Path) -> None:
+        """With every pass off, the input products stay inside the time loop."""
+        cu, cp = compile_pair(cell_model("peephole_lstm(H)"), cache_dir, disable=NO_PASSES)
+        step = [e.attr("scan") for e in cu.program.eqns if e.op == "scan"][0].body
+        assert sum(x.op == "matmul" for x in step.eqns) == 2
+        check_pair(cu, cp, seed=7)
+
+    @settings(max_examples=3, deadline=None)
+    @given(src=cell_sources(), d=data())
+    def test_random_cells_match_the_interpreter(src: str, d: Data, cache_dir: Path) -> None:
+        """Random cells (test_properties' strategy) against the reference interpreter, which
+        test_targets holds equal to the CPU target; compiling each on the CPU costs ~10 s."""
+        cu = rnnlang.compile(src, target="cuda", dtype="float64", cache_dir=cache_dir)
+        ref = rnnlang.compile(src, target="reference", dtype="float64", cache_dir=cache_dir)
+        rng = np.random.default_rng(d.seed)
+        lengths = np.resize(d.lengths, B)
+        x = rng.standard_normal((d.T, B, F))
+        ref.forward({"x": x}, lengths=lengths)
+        ref.params = {k: 0.5 * rng.standard_normal(v.shape) for k, v in ref.params.items()}
+        cu.params = {k: v.copy() for k, v in ref.params.items()}
+        fr = ref.forward({"x": x}, lengths=lengths)
+        fc = cu.forward({"x": x}, lengths=lengths)
+        for k in fr:
+            np.testing.assert_allclose(fc[k], fr[k], rtol=1e-9, atol=1e-10, err_msg=src)
+        cots = {k: rng.standard_normal(v.shape) for k, v in fr.items()}
+        gr = ref.vjp({"x": x}, cots, lengths=lengths)
+        gc = cu.vjp({"x": x}, cots, lengths=lengths)
+        for k in gr.params:
+            np.testing.assert_allclose(gc.params[k], gr.params[k], rtol=1e-9, atol=1e-10,
+                                       err_msg=f"d {k}\n{src}")
+        for k in gr.inputs:
+            np.testing.assert_allclose(gc.inputs[k], gr.inputs[k], rtol=1e-9, atol=1e-10,
+                                       err_msg=f"d {k}\n{src}")
+
+    def test_drivers_launch_a_fixed_number_of_kernels(cache_dir: Path) -> None:
+        """No loop in any host driver: launches per call do not grow with T."""
+        m = rnnlang.compile(TAGGER, target="cuda", dtype="float64", cache_dir=cache_dir, H=H,
+                            O=2)
+        tree = ast.parse(m.emit("python"))
+        drivers = [n for n in tree.body if isinstance(n, ast.FunctionDef)
+                   and n.name in ("forward", "forward_train", "backward")]
+        assert len(drivers) == 3
+        for d in drivers:
+            assert not any(isinstance(n, ast.For | ast.While | ast.comprehension)
+                           for n in ast.walk(d)), d.name
+        launches = {d.name: sum(isinstance(n, ast.Call) and isinstance(n.func, ast.Subscript)
+                                for n in ast.walk(d)) for d in drivers}
+        assert launches["forward"] >= 2  # two persistent scan kernels, at least
+        scans = [n for n in tree.body if isinstance(n, ast.FunctionDef) and "scan" in n.name]
+        assert len(scans) == 6  # one kernel per scan: 2 forward, 2 forward_train, 2 backward
+
+    def test_device_array_inputs_are_used_in_place(cache_dir: Path) -> None:
+        from numba import cuda
+        cu, cp = compile_pair(TAGGER, cache_dir, H=H, O=2)
+        x = np.random.default_rng(3).standard_normal((T, B, F))
+        host = cu.forward({"x": x}, lengths=LENGTHS)["y"]
+        dx = cuda.to_device(x)
+        ex = cu._executor()
+        assert ex._upload(dx) is dx
+        np.testing.assert_allclose(cu.forward({"x": dx}, lengths=LENGTHS)["y"], host, **TIGHT)
+        g_dev = cu.vjp({"x": dx}, {"y": np.ones_like(host)}, lengths=LENGTHS)
+        g_host = cu.vjp({"x": x}, {"y": np.ones_like(host)}, lengths=LENGTHS)
+        np.testing.assert_allclose(g_dev.inputs["x"], g_host.inputs["x"], **TIGHT)
+        with pytest.raises(rnnlang.RnnUserError, match="float64"):
+            cu.forward({"x": cuda.to_device(x.astype(np.float32))}, lengths=LENGTHS)
+
+    def test_parameters_are_uploaded_only_when_changed(cache_dir: Path) -> None:
+        cu = rnnlang.compile(TAGGER, target="cuda", dtype="float64", cache_dir=cache_dir, H=H,
+                             O=2)
+        x = np.random.default_rng(4).standard_normal((T, B, F))
+        y0 = cu.forward({"x": x}, lengths=LENGTHS)["y"]
+        ex: CudaExecutor = cu._executor()
+        first = ex.uploads
+        assert first == len(cu.params)
+        held = dict(ex.device_params())
+        cu.forward({"x": x}, lengths=LENGTHS)
+        cu.vjp({"x": x}, {"y": np.ones_like(y0)}, lengths=LENGTHS)
+        assert ex.uploads == first
+        assert all(ex.device_params()[k] is v for k, v in held.items())
+        cu.params["by"] += 1.0  # an in-place update, as the host optimizer makes
+        y1 = cu.forward({"x": x}, lengths=LENGTHS)["y"]
+        assert ex.uploads == first + 1
+        np.testing.assert_allclose(y1, y0 + 1.0, **TIGHT)
+
+    def test_one_fit_step_on_cuda_equals_one_on_cpu(cache_dir: Path) -> None:
+        from rnnlang.train import TrainConfig, fit
+        cu, cp = compile_pair(TAGGER, cache_dir, H=H, O=2)
+        rng = np.random.default_rng(5)
+        d = {"x": rng.standard_normal((T, B, F)), "y": rng.standard_normal((T, B, 2))}
+        cp.forward({"x": d["x"]})
+        cu.params = {k: v.copy() for k, v in cp.params.items()}
+        before = {k: v.copy() for k, v in cp.params.items()}
+        cfg = TrainConfig(epochs=1, batch_size=B, lr=0.05, optimizer="adam", max_steps=2)
+        rc = fit(cu, d, ["y=mse"], cfg)
+        rp = fit(cp, d, ["y=mse"], cfg)
+        for k in cp.params:
+            np.testing.assert_allclose(cu.params[k], cp.params[k], rtol=1e-9, atol=1e-12,
+                                       err_msg=k)
+        assert any(not np.allclose(cp.params[k], before[k]) for k in before)
+        assert rc is not None and rp is not None
+
+    def test_unavailable_cuda_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+        def missing() -> Any:
+            raise ImportError("No module named 'numba.cuda'")
+
+        with pytest.raises(rnnlang.RnnUserError, match="numba-cuda") as exc:
+            require_cuda(missing)
+        assert "E700" in exc.value.render()
+        from numba import cuda
+        monkeypatch.setattr(cuda, "is_available", lambda: False)
+        with pytest.raises(rnnlang.RnnUserError, match="no.*GPU|none is available"):
+            rnnlang.compile(TAGGER, target="cuda", H=H, O=2)
