@@ -1,7 +1,8 @@
 """CPU benchmark: rnnlang's generated code against baselines measured in the same run.
 
 Runs ``model m(H, F) { input x: seq[F]  h = <cell>(H) over x  output y = h }`` (F = H) for the
-standard-library cells lstm, gru, elman and mgu, in two modes (``fwd``: inference; ``fwdbwd``:
+standard-library cells lstm, gru, elman and mgu and the coupled-gate LSTM ``cifg`` (written in the
+benchmark's source), in two modes (``fwd``: inference; ``fwdbwd``:
 forward plus the gradient of ``sum(y * cot)`` for a fixed random cotangent ``cot`` with respect to
 every parameter, the input and the initial state), against whichever baselines are installed:
 
@@ -9,25 +10,28 @@ every parameter, the input and the initial state), against whichever baselines a
   before the loop, no per-step weight slicing) with a hand-written BPTT for ``fwdbwd``;
 * ``torch-native``: ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (no native MGU);
 * ``torch-loop``: the same cell as an eager PyTorch loop of torch ops (input projection hoisted);
-* ``torch-script``: that loop under ``torch.jit.script``.
+* ``torch-script``: that loop under ``torch.jit.script``;
+* ``torch-compile``: that loop under ``torch.compile`` (a case whose compile takes over
+  ``--compile-limit`` seconds, 180 by default, is skipped and says so);
+* ``jax-scan``: the cell as ``lax.scan`` under ``jax.jit`` (only if JAX is installed).
 
 Every figure is the median over interleaved repeats after warm-up (the rnnlang warm-up includes
 its JIT compile, reported separately); ``ratio = baseline_time / rnnlang_time`` (> 1: rnnlang is
 faster). ``floor`` is the time of the matmuls alone at this machine's float32 GEMM speed,
 measured in the same run. Every backend's outputs and gradients are checked against rnnlang's
-before timing. Run ``python benchmarks/bench_cpu.py --help``; see benchmarks/README.md.
+before timing. ``--compile-time`` adds rnnlang's cold and cached compile of a 2-layer LSTM
+(bench_startup.py), ``--memory`` the memory of a training step against the BPTT minimum
+(bench_memory.py). Run ``python benchmarks/bench_cpu.py --help``; see benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
-import math
 import os
 import platform
-import statistics
+import signal
 import sys
 import tempfile
 import time
@@ -37,7 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # the sibling modules bench_jax, bench_memory, bench_startup
+    sys.path.insert(0, str(HERE))
+
+import bench_jax  # noqa: E402
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+               "XLA_FLAGS")
 
 
 def _pin_threads_from_argv(argv: Sequence[str]) -> None:
@@ -49,8 +60,11 @@ def _pin_threads_from_argv(argv: Sequence[str]) -> None:
             n = argv[i + 1]
         elif a.startswith("--threads="):
             n = a.split("=", 1)[1]
-    for var in THREAD_VARS:
+    for var in THREAD_VARS[:-1]:
         os.environ.setdefault(var, n)
+    flags = bench_jax.xla_flags(int(n))
+    if flags is not None:
+        os.environ.setdefault("XLA_FLAGS", flags)
 
 
 if __name__ == "__main__":
@@ -58,6 +72,8 @@ if __name__ == "__main__":
 
 import numpy as np  # noqa: E402
 from scipy.special import expit  # noqa: E402
+
+from rnnlang.bench.timing import time_interleaved  # noqa: E402
 
 try:  # optional baselines
     import torch
@@ -76,12 +92,14 @@ CASES: dict[str, tuple[int, int, int]] = {
     "long": (1000, 8, 128),
 }
 DEFAULT_CASES = ("small", "medium")
-CELLS = ("lstm", "gru", "elman", "mgu")
-GATES = {"lstm": 4, "gru": 3, "elman": 1, "mgu": 2}
+CELLS = ("lstm", "gru", "elman", "mgu", "cifg")
+GATES = {"lstm": 4, "gru": 3, "elman": 1, "mgu": 2, "cifg": 3}
 # Recurrent states by the cell's own names; the model takes them as inputs h.<state>0.
-STATES = {"lstm": ("h", "c"), "gru": ("h",), "elman": ("s",), "mgu": ("h",)}
+STATES = {"lstm": ("h", "c"), "gru": ("h",), "elman": ("s",), "mgu": ("h",), "cifg": ("h", "c")}
 MODES = ("fwd", "fwdbwd")
-BASELINES = ("numpy-loop", "torch-native", "torch-loop", "torch-script")
+BASELINES = ("numpy-loop", "torch-native", "torch-loop", "torch-script", "torch-compile",
+             "jax-scan")
+NATIVE = ("lstm", "gru", "elman")  # cells torch ships (nn.LSTM, nn.GRU, nn.RNN)
 BACKENDS = ("rnnlang",) + BASELINES
 # Acceptance criteria of the issue: (cell, mode, (T, B, H), baseline, minimum ratio, strict).
 ACCEPTANCE = (
@@ -92,9 +110,26 @@ NOISY = 1.5  # median / min above this: the figure is marked noisy (~) in the ta
 CHECK_TOL = 2e-3  # max |a - b| / max |b| per array, float32
 
 
+# The coupled-gate LSTM (CIFG): the input gate is 1 - f, three gate blocks (f, g, o) instead of
+# four. No framework ships it fused; it is written here in the language, like a user would.
+CIFG_SOURCE = """cell cifg(x[I]) -> h[H] {
+  state c[H]
+  param W[I, 3*H] = glorot
+  param U[H, 3*H] = orthogonal
+  param b[3*H]    = zeros
+  zf, zg, zo = split(x @ W + h[t-1] @ U + b, 3)
+  f = sigmoid(zf)
+  c = f * c[t-1] + (1 - f) * tanh(zg)
+  h = sigmoid(zo) * tanh(c)
+}
+"""
+
+
 def model_source(cell: str) -> str:
     """The benchmarked model: one layer of ``cell`` over the input, its outputs as the output."""
-    return f"model m(H, F) {{\n  input x: seq[F]\n  h = {cell}(H) over x\n  output y = h\n}}\n"
+    prelude = CIFG_SOURCE if cell == "cifg" else ""
+    return (prelude + f"model m(H, F) {{\n  input x: seq[F]\n  h = {cell}(H) over x\n"
+            "  output y = h\n}\n")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,8 +331,62 @@ def np_mgu(p: Arrays, x: np.ndarray, s0: Arrays, dy: np.ndarray | None) -> tuple
                 "h.h0": dh}
 
 
+def np_cifg(p: Arrays, x: np.ndarray, s0: Arrays, dy: np.ndarray | None) -> tuple[np.ndarray,
+                                                                                 Arrays]:
+    """Coupled-gate LSTM: f, g, o = sigmoid, tanh, sigmoid of x W + h U + b; c = f c + (1-f) g."""
+    W, U, b = p["h.W"], p["h.U"], p["h.b"]
+    T, B, F = x.shape
+    H = U.shape[0]
+    x2 = x.reshape(T * B, F)
+    xw = (x2 @ W + b).reshape(T, B, 3 * H)
+    train = dy is not None
+    ys = np.empty((T, B, H), F32)
+    acts = np.empty((T if train else 1, B, 3 * H), F32)  # f, g, o
+    cs = np.empty((T, B, H), F32) if train else None
+    tcs = np.empty((T, B, H), F32) if train else None
+    h, c = s0["h"], s0["c"]
+    for t in range(T):
+        z = h @ U
+        z += xw[t]
+        a = acts[t if train else 0]
+        expit(z[:, :H], out=a[:, :H])
+        np.tanh(z[:, H:2 * H], out=a[:, H:2 * H])
+        expit(z[:, 2 * H:], out=a[:, 2 * H:])
+        f, g = a[:, :H], a[:, H:2 * H]
+        c = g + f * (c - g)
+        tc = np.tanh(c)
+        h = a[:, 2 * H:] * tc
+        ys[t] = h
+        if train:
+            cs[t] = c  # type: ignore[index]
+            tcs[t] = tc  # type: ignore[index]
+    if dy is None:
+        return ys, {}
+    assert cs is not None and tcs is not None
+    UT = np.ascontiguousarray(U.T)
+    dz = np.empty((T, B, 3 * H), F32)
+    dh = np.zeros((B, H), F32)
+    dc = np.zeros((B, H), F32)
+    for t in range(T - 1, -1, -1):
+        a = acts[t]
+        f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
+        tc = tcs[t]
+        cp = cs[t - 1] if t > 0 else s0["c"]
+        dh = dh + dy[t]
+        d = dz[t]
+        d[:, 2 * H:] = dh * tc * o * (1 - o)
+        dc = dc + dh * o * (1 - tc * tc)
+        d[:, :H] = dc * (cp - g) * f * (1 - f)
+        d[:, H:2 * H] = dc * (1 - f) * (1 - g * g)
+        dc = dc * f
+        dh = d @ UT
+    dz2 = dz.reshape(T * B, 3 * H)
+    return ys, {"h.W": x2.T @ dz2, "h.U": _prev(ys, s0["h"]).T @ dz2, "h.b": dz2.sum(0),
+                "x": (dz2 @ W.T).reshape(T, B, F), "h.h0": dh, "h.c0": dc}
+
+
 NUMPY_CELLS: dict[str, Callable[..., tuple[np.ndarray, Arrays]]] = {
-    "lstm": np_lstm, "gru": np_gru, "elman": np_elman, "mgu": np_mgu}
+    "lstm": np_lstm, "gru": np_gru, "elman": np_elman, "mgu": np_mgu, "cifg": np_cifg}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,11 +453,27 @@ def torch_mgu_loop(x: Tensor, h0: Tensor, Wf: Tensor, Uf: Tensor, bf: Tensor, Wh
     return torch.stack(ys)
 
 
+def torch_cifg_loop(x: Tensor, h0: Tensor, c0: Tensor, W: Tensor, U: Tensor,
+                    b: Tensor) -> Tensor:
+    T, B, F = x.size(0), x.size(1), x.size(2)
+    xw = torch.addmm(b, x.reshape(T * B, F), W).reshape(T, B, W.size(1))
+    h, c = h0, c0
+    ys: list[Tensor] = []
+    for t in range(T):
+        zf, zg, zo = torch.addmm(xw[t], h, U).chunk(3, 1)
+        f = torch.sigmoid(zf)
+        c = f * c + (1 - f) * torch.tanh(zg)
+        h = torch.sigmoid(zo) * torch.tanh(c)
+        ys.append(h)
+    return torch.stack(ys)
+
+
 TORCH_LOOPS: dict[str, Callable[..., Any]] = {
     "lstm": torch_lstm_loop, "gru": torch_gru_loop, "elman": torch_elman_loop,
-    "mgu": torch_mgu_loop}
+    "mgu": torch_mgu_loop, "cifg": torch_cifg_loop}
 PARAM_ORDER = {"lstm": ("W", "U", "b"), "gru": ("W", "U", "bx", "bh"),
-               "elman": ("Wx", "Ws", "b"), "mgu": ("Wf", "Uf", "bf", "Wh", "Uh", "bh")}
+               "elman": ("Wx", "Ws", "b"), "mgu": ("Wf", "Uf", "bf", "Wh", "Uh", "bh"),
+               "cifg": ("W", "U", "b")}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -536,15 +641,21 @@ class TorchNativeBackend(TorchBackend):
 class TorchLoopBackend(TorchBackend):
     name = "torch-loop"
 
-    def __init__(self, pb: Problem, scripted: bool = False):
+    def __init__(self, pb: Problem, kind: str = "eager"):
+        """``kind``: ``eager``, ``script`` (torch.jit.script) or ``compile`` (torch.compile,
+        which compiles on the first call of each mode: see `first_call_within`)."""
         super().__init__(pb)
         fn = TORCH_LOOPS[pb.cell]
         self.fn = fn
-        if scripted:
+        if kind == "script":
             with warnings.catch_warnings():  # "torch.jit.script is deprecated" (torch >= 2.10)
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.fn = torch.jit.script(fn)
             self.name = "torch-script"
+        elif kind == "compile":
+            torch._dynamo.reset()  # a fresh compile per case, not a recompile of the last one
+            self.fn = torch.compile(fn)
+            self.name = "torch-compile"
         x = self.x.requires_grad_(True)
         states = [self.s0[s].requires_grad_(True) for s in STATES[pb.cell]]
         pnames = [f"h.{n}" for n in PARAM_ORDER[pb.cell]]
@@ -558,51 +669,65 @@ class TorchLoopBackend(TorchBackend):
 
 
 # ------------------------------------------------------------------------------------------------
-# Timing
+# torch.compile: a time limit on the first call (the compile) and which cases to skip
 # ------------------------------------------------------------------------------------------------
 
 
-def _per_call(fn: Callable[[], Any], number: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - t0) / number
+class CompileTimeout(Exception):
+    """The first call of a torch.compile'd function ran past the limit."""
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int, repeats: int,
-                     min_repeats: int, budget_s: float, min_sample_s: float
-                     ) -> dict[str, dict[str, Any]]:
-    """Median seconds per call for each function, rounds interleaved (rotating order).
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise CompileTimeout
 
-    Each sample runs ``number`` calls (calibrated so a sample lasts >= min_sample_s); the number
-    of rounds is cut down from ``repeats`` (not below ``min_repeats``) to fit ``budget_s``.
-    """
-    est: dict[str, float] = {}
-    for name, fn in fns.items():
-        for _ in range(max(warmup - 1, 0)):
-            fn()
-        est[name] = _per_call(fn, 1)
-    number = {n: max(1, math.ceil(min_sample_s / max(t, 1e-9))) for n, t in est.items()}
-    round_s = sum(number[n] * est[n] for n in fns)
-    rounds = max(min_repeats, min(repeats, int(budget_s / max(round_s, 1e-9))))
-    rounds = max(rounds, 1)
-    samples: dict[str, list[float]] = {n: [] for n in fns}
-    names = list(fns)
-    gc_was = gc.isenabled()
+
+def first_call_within(fn: Callable[[], Any], limit_s: float) -> float | None:
+    """Seconds of ``fn()`` (for torch.compile: trace, compile and one run), or None when it ran
+    past ``limit_s`` and was interrupted by SIGALRM. Outside the main thread no signal can be
+    set and the limit is not enforced."""
     try:
-        for r in range(rounds):
-            gc.collect()
-            gc.disable()
-            for k in range(len(names)):
-                n = names[(r + k) % len(names)]
-                samples[n].append(_per_call(fns[n], number[n]))
-            if gc_was:
-                gc.enable()
+        old = signal.signal(signal.SIGALRM, _on_alarm)
+    except ValueError:  # pragma: no cover - not the main thread
+        old = None
+    t0 = time.perf_counter()
+    try:
+        if old is not None:
+            signal.setitimer(signal.ITIMER_REAL, limit_s)
+        fn()
+        return time.perf_counter() - t0
+    except CompileTimeout:
+        return None
+    except Exception:  # torch wraps the alarm's exception (BackendCompilerFailed)
+        if time.perf_counter() - t0 >= limit_s:
+            return None
+        raise
     finally:
-        if gc_was:
-            gc.enable()
-    return {n: {"median_s": statistics.median(s), "min_s": min(s), "samples_s": s,
-                "number": number[n], "repeats": rounds} for n, s in samples.items()}
+        if old is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
+
+class CompileGate:
+    """Skips torch.compile cases that would run past the limit, per (cell, mode): one whose T
+    is at least that of a case that already ran past it, and one whose predicted compile time
+    (a measured compile at a shorter T scaled by the T ratio: the loop is unrolled, so compile
+    time grows at least linearly with T) is over the limit."""
+
+    def __init__(self, limit_s: float):
+        self.limit_s = limit_s
+        self.seen: dict[tuple[str, str], list[tuple[int, float | None]]] = {}
+
+    def skip_reason(self, cell: str, mode: str, T: int) -> str | None:
+        for t_old, secs in self.seen.get((cell, mode), []):
+            if secs is None and T >= t_old:
+                return f"compile ran past {self.limit_s:g} s at T={t_old}"
+            if secs is not None and t_old < T and secs * T / t_old > self.limit_s:
+                return (f"predicted compile {secs * T / t_old:.0f} s > {self.limit_s:g} s "
+                        f"({secs:.0f} s at T={t_old}, scaled by T)")
+        return None
+
+    def record(self, cell: str, mode: str, T: int, secs: float | None) -> None:
+        self.seen.setdefault((cell, mode), []).append((T, secs))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -742,6 +867,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 when an acceptance line FAILs (default: only on wrong results)")
     ap.add_argument("--json", default=None, metavar="PATH", help="write all results as JSON")
+    ap.add_argument("--compile-limit", type=float, default=180.0, metavar="S",
+                    help="skip a torch.compile case whose compile takes longer (default 180)")
+    ap.add_argument("--compile-time", action="store_true",
+                    help="also measure rnnlang's cold and cached compile of a 2-layer LSTM in "
+                    "fresh processes (bench_startup.py)")
+    ap.add_argument("--memory", action="store_true",
+                    help="also measure a training step's memory against the BPTT minimum, per "
+                    "case and cell, in fresh processes (bench_memory.py)")
+    ap.add_argument("--no-speed", action="store_true",
+                    help="skip the timing table (with --compile-time or --memory)")
     return ap
 
 
@@ -785,6 +920,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "numba_threads": numba.get_num_threads(),
         "torch": torch.__version__ if torch is not None else None,
         "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "jax": bench_jax.version(), "cpu_affinity": len(os.sched_getaffinity(0)),
         "loadavg_start": _loadavg(),
         "thread_env": {v: os.environ.get(v, "unset") for v in THREAD_VARS}}
     return info
@@ -839,17 +975,145 @@ def fmt_ratio(r: float) -> str:
     return f"{r:.2f}x" if r < 10 else f"{r:.1f}x"
 
 
-def run(args: argparse.Namespace, out: TextIO) -> tuple[dict[str, Any], int]:
+@dataclass
+class RunState:
+    """What the run collects; one per `run`."""
+
+    args: argparse.Namespace
+    cache_dir: str
+    out: TextIO
+    baselines: list[str]
+    rng: np.random.Generator
+    gemm: GemmTable
+    gate: CompileGate
+    results: list[dict[str, Any]] = field(default_factory=list)
+    compiles: list[dict[str, Any]] = field(default_factory=list)
+    baseline_compiles: list[dict[str, Any]] = field(default_factory=list)
+    skips: list[dict[str, Any]] = field(default_factory=list)
+    floors: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    bad: int = 0
+
+
+def available_baselines(wanted: Sequence[str]) -> list[str]:
+    """The wanted baselines whose libraries are installed."""
+    def ok(b: str) -> bool:
+        if b == "jax-scan":
+            return bench_jax.available()
+        return b == "numpy-loop" or torch is not None
+    return [b for b in wanted if ok(b)]
+
+
+def make_backends(st: RunState, pb: Problem, rn: RnnlangBackend) -> list[Backend]:
+    backends: list[Backend] = [rn]
+    for b in st.baselines:
+        if b == "numpy-loop":
+            backends.append(NumpyBackend(pb))
+        elif b == "torch-native" and pb.cell in NATIVE:
+            backends.append(TorchNativeBackend(pb))
+        elif b in ("torch-loop", "torch-script", "torch-compile"):
+            backends.append(TorchLoopBackend(pb, kind=b.split("-")[1].replace("loop", "eager")))
+        elif b == "jax-scan":
+            jx = bench_jax.JaxScan(pb.cell, pb.params, pb.x, pb.states0, pb.cot)
+            for mode, secs in jx.compile_s.items():
+                st.baseline_compiles.append({"case": pb.case, "cell": pb.cell, "mode": mode,
+                                             "backend": jx.name, "compile_s": secs})
+            backends.append(jx)  # type: ignore[arg-type]
+    return backends
+
+
+def compile_or_skip(st: RunState, be: Backend, pb: Problem, mode: str) -> bool:
+    """torch.compile's first call of ``mode`` under the limit; False: skip it (recorded)."""
+    reason = st.gate.skip_reason(pb.cell, mode, pb.T)
+    secs = None
+    if reason is None:
+        secs = first_call_within(getattr(be, mode), st.args.compile_limit)
+        st.gate.record(pb.cell, mode, pb.T, secs)
+        if secs is None:
+            reason = f"compile ran past {st.args.compile_limit:g} s"
+            torch._dynamo.reset()
+    if reason is not None:
+        st.skips.append({"case": pb.case, "cell": pb.cell, "mode": mode, "backend": be.name,
+                         "reason": reason})
+        print(f"   {pb.case} {pb.cell} {mode}: {be.name} skipped: {reason}", file=st.out,
+              flush=True)
+        return False
+    st.baseline_compiles.append({"case": pb.case, "cell": pb.cell, "mode": mode,
+                                 "backend": be.name, "compile_s": secs})
+    return True
+
+
+def check_backends(st: RunState, pb: Problem, mode: str, backends: list[Backend]) -> None:
+    ref = getattr(backends[0], f"check_{mode}")()
+    for be in backends[1:]:
+        err, missing = compare(ref, getattr(be, f"check_{mode}")())
+        ok = err <= CHECK_TOL and not missing
+        st.checks.append({"case": pb.case, "cell": pb.cell, "mode": mode, "backend": be.name,
+                          "max_rel_err": err, "missing": missing, "ok": ok})
+        if not ok:
+            st.bad += 1
+            print(f"!! {pb.case} {pb.cell} {mode}: {be.name} disagrees with rnnlang: max rel "
+                  f"err {err:.2e}" + (f", missing {missing}" if missing else ""), file=st.out)
+
+
+def time_mode(st: RunState, pb: Problem, mode: str, backends: list[Backend],
+              fl: dict[str, Any]) -> None:
+    a = st.args
+    timed = time_interleaved({be.name: getattr(be, mode) for be in backends}, warmup=a.warmup,
+                             repeats=a.repeats, min_repeats=a.min_repeats, budget_s=a.budget,
+                             min_sample_s=a.min_sample_ms / 1e3)
+    base = timed["rnnlang"]["median_s"]
+    line = [f"{pb.case} {pb.cell} {mode}: rnnlang {fmt_ms(base)} ms"]
+    for name, tm in timed.items():
+        med = tm["median_s"]
+        st.results.append({
+            "case": pb.case, "T": pb.T, "B": pb.B, "H": pb.H, "cell": pb.cell, "mode": mode,
+            "backend": name, "median_ms": med * 1e3, "min_ms": tm["min_s"] * 1e3,
+            "samples_ms": [s * 1e3 for s in tm["samples_s"]], "calls_per_sample": tm["number"],
+            "repeats": tm["repeats"], "tokens_per_s": pb.T * pb.B / med, "ratio": med / base,
+            "floor_ms": fl[f"{mode}_s"] * 1e3})
+        if name != "rnnlang":
+            line.append(f"{name} {fmt_ms(med)} ({fmt_ratio(med / base)})")
+    line.append(f"floor {fmt_ms(fl[f'{mode}_s'])}")
+    print(" | ".join(line), file=st.out, flush=True)
+
+
+def run_cell(st: RunState, case: str, T: int, B: int, H: int, cell: str) -> None:
+    """Compile, check and time one (case, cell) in every mode."""
     import rnnlang
 
+    a = st.args
+    t0 = time.perf_counter()
+    model = rnnlang.compile(model_source(cell), target="cpu", dtype="float32",
+                            cache_dir=st.cache_dir, seed=a.seed, H=H, F=H)
+    comp = {"case": case, "cell": cell, "front_s": time.perf_counter() - t0}
+    pb = make_problem(case, T, B, H, cell, model, st.rng)
+    rn = RnnlangBackend(model, pb)
+    for mode in a.modes:
+        t0 = time.perf_counter()
+        getattr(rn, mode)()
+        comp[f"first_{mode}_s"] = time.perf_counter() - t0
+    st.compiles.append(comp)
+    backends = make_backends(st, pb, rn)
+    fl = floor_times(st.gemm, T, B, H, H, GATES[cell])
+    st.floors.append({"case": case, "T": T, "B": B, "H": H, "cell": cell, **fl})
+    for mode in a.modes:
+        here = [be for be in backends
+                if be.name != "torch-compile" or compile_or_skip(st, be, pb, mode)]
+        if not a.no_check:
+            check_backends(st, pb, mode, here)
+        time_mode(st, pb, mode, here, fl)
+
+
+def run(args: argparse.Namespace, out: TextIO) -> tuple[dict[str, Any], int]:
     set_threads(args.threads)
     cases = [parse_case(t.strip()) for t in args.cases.split(",") if t.strip()]
-    have_torch = torch is not None
-    baselines = [b for b in args.backends if b == "numpy-loop" or have_torch]
+    baselines = available_baselines(args.backends)
     info = machine_info(args.threads)
     print(f"# rnnlang CPU benchmark, {info['date']}: {info['cpu']}, {info['cores']} cores, "
           f"{args.threads} threads; numpy {info['numpy']}, numba {info['numba']}, "
-          f"torch {info['torch'] or 'not installed'}, rnnlang {info['rnnlang']}", file=out)
+          f"torch {info['torch'] or 'not installed'}, jax {info['jax'] or 'not installed'}, "
+          f"rnnlang {info['rnnlang']}", file=out)
     for w in load_warnings(info["loadavg_start"], None, info["cores"]):
         print(f"# {w}", file=out)
     skipped = [b for b in args.backends if b not in baselines]
@@ -860,95 +1124,41 @@ def run(args: argparse.Namespace, out: TextIO) -> tuple[dict[str, Any], int]:
     if cache_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="rnnbench-")
         cache_dir = tmp.name
-    rng = np.random.default_rng(args.seed)
-    gemm = GemmTable(args.seed + 1)
-    results: list[dict[str, Any]] = []
-    compiles: list[dict[str, Any]] = []
-    floors: list[dict[str, Any]] = []
-    checks: list[dict[str, Any]] = []
-    bad = 0
+    st = RunState(args, cache_dir, out, baselines, np.random.default_rng(args.seed),
+                  GemmTable(args.seed + 1), CompileGate(args.compile_limit))
+    extra: dict[str, Any] = {}
     try:
-        for case, (T, B, H) in cases:
-            for cell in args.cells:
-                t0 = time.perf_counter()
-                model = rnnlang.compile(model_source(cell), target="cpu", dtype="float32",
-                                        cache_dir=cache_dir, seed=args.seed, H=H, F=H)
-                t_front = time.perf_counter() - t0
-                pb = make_problem(case, T, B, H, cell, model, rng)
-                rn = RnnlangBackend(model, pb)
-                comp = {"case": case, "cell": cell, "front_s": t_front}
-                if "fwd" in args.modes:
-                    t0 = time.perf_counter()
-                    rn.fwd()
-                    comp["first_fwd_s"] = time.perf_counter() - t0
-                if "fwdbwd" in args.modes:
-                    t0 = time.perf_counter()
-                    rn.fwdbwd()
-                    comp["first_fwdbwd_s"] = time.perf_counter() - t0
-                compiles.append(comp)
-                backends: list[Backend] = [rn]
-                for b in baselines:
-                    if b == "numpy-loop":
-                        backends.append(NumpyBackend(pb))
-                    elif b == "torch-native" and cell != "mgu":
-                        backends.append(TorchNativeBackend(pb))
-                    elif b == "torch-loop":
-                        backends.append(TorchLoopBackend(pb))
-                    elif b == "torch-script":
-                        backends.append(TorchLoopBackend(pb, scripted=True))
-                fl = floor_times(gemm, T, B, H, H, GATES[cell])
-                floors.append({"case": case, "T": T, "B": B, "H": H, "cell": cell, **fl})
-                for mode in args.modes:
-                    if not args.no_check:
-                        ref = getattr(rn, f"check_{mode}")()
-                        for be in backends[1:]:
-                            err, missing = compare(ref, getattr(be, f"check_{mode}")())
-                            ok = err <= CHECK_TOL and not missing
-                            checks.append({"case": case, "cell": cell, "mode": mode,
-                                           "backend": be.name, "max_rel_err": err,
-                                           "missing": missing, "ok": ok})
-                            if not ok:
-                                bad += 1
-                                print(f"!! {case} {cell} {mode}: {be.name} disagrees with "
-                                      f"rnnlang: max rel err {err:.2e}"
-                                      + (f", missing {missing}" if missing else ""), file=out)
-                    fns = {be.name: getattr(be, mode) for be in backends}
-                    timed = time_interleaved(fns, warmup=args.warmup, repeats=args.repeats,
-                                             min_repeats=args.min_repeats, budget_s=args.budget,
-                                             min_sample_s=args.min_sample_ms / 1e3)
-                    base = timed["rnnlang"]["median_s"]
-                    line = [f"{case} {cell} {mode}: rnnlang {fmt_ms(base)} ms"]
-                    for name, tm in timed.items():
-                        med = tm["median_s"]
-                        results.append({
-                            "case": case, "T": T, "B": B, "H": H, "cell": cell, "mode": mode,
-                            "backend": name, "median_ms": med * 1e3, "min_ms": tm["min_s"] * 1e3,
-                            "samples_ms": [s * 1e3 for s in tm["samples_s"]],
-                            "calls_per_sample": tm["number"], "repeats": tm["repeats"],
-                            "tokens_per_s": T * B / med, "ratio": med / base,
-                            "floor_ms": fl[f"{mode}_s"] * 1e3})
-                        if name != "rnnlang":
-                            line.append(f"{name} {fmt_ms(med)} ({fmt_ratio(med / base)})")
-                    line.append(f"floor {fmt_ms(fl[f'{mode}_s'])}")
-                    print(" | ".join(line), file=out, flush=True)
+        if not args.no_speed:
+            for case, (T, B, H) in cases:
+                for cell in args.cells:
+                    run_cell(st, case, T, B, H, cell)
+        if args.compile_time:
+            import bench_startup
+            extra["compile_time"] = bench_startup.measure(out=out)
+        if args.memory:
+            import bench_memory
+            extra["memory"] = bench_memory.measure([(c, s) for c, s in cases], args.cells,
+                                                   cache_dir=cache_dir, out=out)
     finally:
         if tmp is not None:
             tmp.cleanup()
 
-    acceptance = acceptance_lines(results)
     info["loadavg_end"] = _loadavg()
     info["warnings"] = load_warnings(info["loadavg_start"], info["loadavg_end"], info["cores"])
-    report = {"machine": info, "config": {k: v for k, v in vars(args).items()},
+    report = {"machine": info, "config": dict(vars(args)),
               "cases": {c: dict(zip("TBH", s, strict=True)) for c, s in cases},
-              "compile": compiles, "gemm": [{"m": m, "k": k, "n": n, **v}
-                                            for (m, k, n), v in gemm.shapes.items()],
-              "floor": floors, "checks": checks, "results": results, "acceptance": acceptance}
+              "compile": st.compiles, "baseline_compile": st.baseline_compiles,
+              "skips": st.skips, "gemm": [{"m": m, "k": k, "n": n, **v}
+                                          for (m, k, n), v in st.gemm.shapes.items()],
+              "floor": st.floors, "checks": st.checks, "results": st.results,
+              "acceptance": acceptance_lines(st.results), **extra}
+    report["targets"] = target_lines(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
         print(f"\n# wrote {args.json}", file=out)
     print_report(report, out)
-    rc = 1 if bad else 0
-    if args.strict and any(a["status"] == "FAIL" for a in acceptance):
+    rc = 1 if st.bad else 0
+    if args.strict and any(a["status"] == "FAIL" for a in report["acceptance"]):
         rc = 1
     return report, rc
 
@@ -972,6 +1182,45 @@ def acceptance_lines(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             item.update(status="PASS" if ok else "FAIL", ratio=ratio,
                         rnnlang_ms=r_r["median_ms"], baseline_ms=r_b["median_ms"])
         out.append(item)
+    return out
+
+
+def target_lines(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 5's targets as PASS / FAIL / SKIP lines: rnnlang at least as fast as the best
+    baseline in every row; cold compile < 10 s and cached start < 1 s; BPTT storage within
+    1.5x of the minimum."""
+    out: list[dict[str, Any]] = []
+    keys = list(dict.fromkeys((r["case"], r["cell"], r["mode"]) for r in rep["results"]))
+    losses = []
+    for key in keys:
+        rs = [r for r in rep["results"] if (r["case"], r["cell"], r["mode"]) == key]
+        others = [r for r in rs if r["backend"] != "rnnlang"]
+        if others:
+            best = min(others, key=lambda r: r["median_ms"])
+            if best["ratio"] < 1.0:
+                losses.append(f"{' '.join(key)} {best['backend']} {best['ratio']:.2f}x")
+    if keys:
+        out.append({"target": "fastest in every row", "status": "FAIL" if losses else "PASS",
+                    "detail": f"rnnlang fastest in {len(keys) - len(losses)}/{len(keys)} rows"
+                    + ("; loses to: " + ", ".join(losses) if losses else "")})
+    ct = rep.get("compile_time")
+    if ct:
+        for kind in ("cold", "cached"):
+            got, need = ct["best_s"][kind], ct["targets_s"][kind]
+            out.append({"target": f"{kind} compile < {need:g} s", "detail": f"{got:.2f} s "
+                        f"(best of {sum(r['kind'] == kind for r in ct['runs'])}; "
+                        f"{got / need:.2f}x the target)",
+                        "status": "PASS" if got < need else "FAIL"})
+    mem = rep.get("memory")
+    if mem:
+        worst = max(mem["rows"], key=lambda r: r["residual_ratio"])
+        bad = [f"{r['case']} {r['cell']} {r['residual_ratio']:.2f}x" for r in mem["rows"]
+               if r["residual_ratio"] > mem["target_ratio"]]
+        out.append({"target": f"BPTT storage within {mem['target_ratio']:g}x of the minimum",
+                    "status": "FAIL" if bad else "PASS",
+                    "detail": f"worst {worst['case']} {worst['cell']} "
+                    f"{worst['residual_ratio']:.2f}x" + ("; over: " + ", ".join(bad)
+                                                         if bad else "")})
     return out
 
 
@@ -1003,6 +1252,24 @@ def print_report(rep: dict[str, Any], out: TextIO) -> None:
         for c in bad:
             print(f"  MISMATCH {c['case']} {c['cell']} {c['mode']} {c['backend']}: "
                   f"{c['max_rel_err']:.2e} missing={c['missing']}", file=out)
+    if rep["baseline_compile"] or rep["skips"]:
+        print("\n## baseline compile (s, first call of each mode: trace + compile + one run)",
+              file=out)
+        for c in rep["baseline_compile"]:
+            print(f"  {c['case']:>8} {c['cell']:<6} {c['mode']:<6} {c['backend']}: "
+                  f"{c['compile_s']:.2f}", file=out)
+        for c in rep["skips"]:
+            print(f"  {c['case']:>8} {c['cell']:<6} {c['mode']:<6} {c['backend']}: skipped, "
+                  f"{c['reason']}", file=out)
+    if "compile_time" in rep:
+        import bench_startup
+        print(bench_startup.text(rep["compile_time"]), file=out)
+    if "memory" in rep:
+        import bench_memory
+        print(bench_memory.text(rep["memory"]), file=out)
+    print("\n## targets (issue 5)", file=out)
+    for t in rep["targets"]:
+        print(f"{t['status']} {t['target']}: {t['detail']}", file=out)
     print("\n## acceptance", file=out)
     for a in rep["acceptance"]:
         where = f"{a['cell']} {a['mode']} T={a['T']} B={a['B']} H={a['H']}"
@@ -1020,12 +1287,14 @@ def print_report(rep: dict[str, Any], out: TextIO) -> None:
     for case, cell, mode in keys:
         rs = {r["backend"]: r for r in res
               if (r["case"], r["cell"], r["mode"]) == (case, cell, mode)}
+        skipped = {k["backend"] for k in rep["skips"]
+                   if (k["case"], k["cell"], k["mode"]) == (case, cell, mode)}
         rn = rs["rnnlang"]
         row = [case, cell, mode, _noisy(rn) + fmt_ms(rn["median_ms"] / 1e3),
                f"{rn['tokens_per_s']:.3g}"]
         for b in present:
             r = rs.get(b)
-            row.append("n/a" if r is None else
+            row.append(("skip" if b in skipped else "n/a") if r is None else
                        f"{_noisy(r)}{fmt_ms(r['median_ms'] / 1e3)} ({fmt_ratio(r['ratio'])})")
         others = [r for b, r in rs.items() if b != "rnnlang"]
         if others:

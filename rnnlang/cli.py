@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_train.add_commands(sub, _common)
     from rnnlang.cli_viz import add_commands
     add_commands(sub, _common)
+    from rnnlang import cli_bench
+    cli_bench.add_commands(sub, _common)
     return p
 
 
@@ -231,9 +233,11 @@ def _usage(msg: str) -> int:
 
 
 def _more_commands() -> dict[str, Callable[[argparse.Namespace, TextIO], int]]:
+    from rnnlang.cli_bench import cmd_bench
     from rnnlang.cli_train import cmd_eval, cmd_train
     from rnnlang.cli_viz import cmd_gradflow, cmd_graph
-    return {"graph": cmd_graph, "gradflow": cmd_gradflow, "train": cmd_train, "eval": cmd_eval}
+    return {"graph": cmd_graph, "gradflow": cmd_gradflow, "train": cmd_train, "eval": cmd_eval,
+            "bench": cmd_bench}
 
 
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, **_more_commands()}
