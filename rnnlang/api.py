@@ -50,6 +50,7 @@ class CompileOptions:
     seed: int = 0
     blas_threads: int | None = 1  # BLAS threads while generated code runs; None: leave as is
     stateful: bool = False  # also output every layer's final states (``final:<layer>.<s>``)
+    threads: int | None = None  # cpu: batch slices run in parallel; None: every usable CPU
 
 
 def parse_program(source_or_path: str | os.PathLike[str]) -> tuple[Module, Path | None]:
@@ -326,20 +327,27 @@ def compile(source_or_path: str | os.PathLike[str], target: str = "cpu",
             dtype: str = "float32", *, model: str | None = None, seed: int = 0,
             cache_dir: str | os.PathLike[str] | None = None, verify_ir: bool = False,
             disable_passes: tuple[str, ...] = (), blas_threads: int | None = 1,
-            stateful: bool = False, **dims: int) -> Model:
+            stateful: bool = False, threads: int | None = None, **dims: int) -> Model:
     """Compile a `.rnn` spec (a path or source text) for ``target`` (cpu, reference, cuda).
 
     ``stateful=True`` adds every layer's final states as outputs ``final:<layer>.<state>``
     (stacks: ``final:enc.0.h``), so that a long sequence can be run chunk by chunk with
     ``forward(..., return_state=True)``; bidirectional layers, ``from`` layers and states with
-    an initializer cannot be stateful (E219)."""
+    an initializer cannot be stateful (E219).
+
+    ``threads`` (cpu target): a call whose batch rows are independent (every model the
+    language can write, checked on the IR) runs as up to this many batch slices in parallel,
+    each with its whole time loop; None uses every CPU this process may run on, 1 turns it
+    off. Results are the same up to float rounding (the order of the weight-gradient sums)."""
+    if threads is not None and not 1 <= threads <= 1024:
+        raise error("E604", f"threads must be between 1 and 1024, got {threads}", None)
     if target not in TARGETS:
         raise error("E604", f"unknown target '{target}'", None, hint="one of " + ", ".join(TARGETS))
     if dtype not in DTYPES:
         raise error("E604", f"unknown dtype '{dtype}'", None, hint="float32 or float64")
     opts = CompileOptions(target, dtype, frozenset(disable_passes), verify_ir,
                           Path(cache_dir) if cache_dir is not None else None, int(seed),
-                          blas_threads, bool(stateful))
+                          blas_threads, bool(stateful), threads)
     raw, prog, log, text, name = build_program(source_or_path, model=model, options=opts)
     state_outputs: dict[str, str] = {}
     if stateful:

@@ -7,12 +7,15 @@ runs the forward program with residual outputs and then the backward program.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rnnlang.interp import run_program
 from rnnlang.ir.nodes import Program
+from rnnlang.ir.rows import ROW, SUM, RowPlan, row_plan
+from rnnlang.parallel import Pool, default_threads, join, slices, take
 from rnnlang.runtime import Bound
 
 if TYPE_CHECKING:
@@ -49,7 +52,12 @@ class ReferenceExecutor:
 
 
 class CpuExecutor:
-    """Generated, Numba-compiled code; each function compiles on first use."""
+    """Generated, Numba-compiled code; each function compiles on first use.
+
+    A call whose batch rows are independent runs as batch slices on ``options.threads``
+    threads (see `rnnlang.parallel`): the forward pass per slice, the loss on the joined
+    outputs, the backward pass per slice from that slice's residuals, weight gradients added
+    up."""
 
     def __init__(self, model: Model):
         from rnnlang.codegen.load import load_module
@@ -64,30 +72,87 @@ class CpuExecutor:
             source_text=model.source_text, passes=tuple(model.pass_log.applied))
         self.module = load_module(self.source, model.options.cache_dir)
         self._limit = _blas_limiter(model.options.blas_threads)
+        self.pool = Pool(model.options.threads or default_threads())
+        self.plans = {k: row_plan(p) for k, p in self.programs.items()}
+        self.split_forward, self.split_train = _splittable(self.plans, g, len(
+            model.program.outputs))
 
-    def _call(self, fn: str, b: Bound, extra: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run(self, fn: str, dims: dict[str, int], vals: dict[str, Any]) -> list[np.ndarray]:
         prog: Program = self.programs[fn]
-        vals: dict[str, Any] = dict(self.m.params)
-        vals.update(b.values)
-        vals.update(extra)
-        dims = np.array([b.dims[s] for s in self.syms[fn]], dtype=np.int64)
-        args = [vals[v.name] for v in prog.param_vars + prog.input_vars]
-        if self._limit is None:
-            return list(getattr(self.module, fn)(*args, dims))
-        with self._limit():
-            return list(getattr(self.module, fn)(*args, dims))
+        d = np.array([dims[s] for s in self.syms[fn]], dtype=np.int64)
+        return list(getattr(self.module, fn)(*[vals[v.name] for v in prog.param_vars
+                                               + prog.input_vars], d))
+
+    def _limited(self) -> Any:
+        return self._limit() if self._limit is not None else nullcontext()
+
+    def _parts(self, b: Bound, split: bool) -> list[tuple[int, int]]:
+        batch = b.dims.get("B", 1)
+        return slices(batch, self.pool.threads) if split else [(0, batch)]
+
+    def _sliced(self, fn: str, part: tuple[int, int], b: Bound, vals: dict[str, Any],
+                whole: dict[str, Any]) -> tuple[dict[str, int], dict[str, Any]]:
+        """Sizes and arguments of ``fn`` for rows ``part``: ``vals`` cut, ``whole`` as is."""
+        plan = self.plans[fn]
+        assert plan is not None
+        lo, hi = part
+        out = dict(whole)
+        for v, axis in zip(self.programs[fn].input_vars, plan.inputs, strict=True):
+            if v.name in vals:
+                out[v.name] = take(vals[v.name], axis, lo, hi)
+        return dict(b.dims, B=hi - lo), out
 
     def forward(self, b: Bound) -> list[np.ndarray]:
-        return self._call("forward", b, {})
+        parts = self._parts(b, self.split_forward)
+        with self._limited():
+            if len(parts) == 1:
+                return self._run("forward", b.dims, {**self.m.params, **b.values})
+            res = self.pool.map(lambda k: self._run("forward", *self._sliced(
+                "forward", parts[k], b, b.values, self.m.params)), len(parts))
+        return join(res, self.plans["forward"])  # type: ignore[arg-type]
 
     def forward_backward(self, b: Bound, seeds: Seeds) -> tuple[list[np.ndarray],
                                                                 list[np.ndarray]]:
         g = self.m.grad_programs()
-        outs = self._call("forward_train", b, {})
         n = len(self.m.program.outputs)
-        extra = {r.name: o for r, o in zip(g.residuals, outs[n:], strict=True)}
-        extra.update({c.name: s for c, s in zip(g.cotangents, seeds(outs[:n]), strict=True)})
-        return outs[:n], self._call("backward", b, extra)
+        parts = self._parts(b, self.split_train)
+        with self._limited():
+            fwd = self.pool.map(lambda k: self._run("forward_train", *self._sliced(
+                "forward_train", parts[k], b, b.values, self.m.params)), len(parts))
+        plan = self.plans["forward_train"]
+        outs = fwd[0][:n] if len(parts) == 1 else join(fwd, plan)[:n]  # type: ignore[arg-type]
+        cots = {c.name: s for c, s in zip(g.cotangents, seeds(outs), strict=True)}
+
+        def back(k: int) -> list[np.ndarray]:
+            res = {r.name: o for r, o in zip(g.residuals, fwd[k][n:], strict=True)}
+            if len(parts) == 1:
+                return self._run("backward", b.dims, {**self.m.params, **b.values, **res,
+                                                      **cots})
+            return self._run("backward", *self._sliced(
+                "backward", parts[k], b, {**b.values, **cots}, {**self.m.params, **res}))
+
+        with self._limited():
+            grads = self.pool.map(back, len(parts))
+        return outs, grads[0] if len(parts) == 1 else join(
+            grads, self.plans["backward"])  # type: ignore[arg-type]
+
+
+def _splittable(plans: dict[str, RowPlan | None], g: Any, n: int) -> tuple[bool, bool]:
+    """Whether inference, and training, may run as batch slices: every model output is a
+    row value; the residuals handed from forward_train to backward are per-slice values the
+    backward program reads as such; the cotangents are cut like the outputs."""
+    fwd, ft, bwd = plans["forward"], plans["forward_train"], plans["backward"]
+    rows = fwd is not None and all(k.kind == ROW for k in fwd.output_kinds)
+    if not rows or ft is None or bwd is None:
+        return rows, False
+    if any(k.kind == SUM for k in ft.output_kinds) or any(
+            k.kind != ROW for k in ft.output_kinds[:n]):
+        return rows, False
+    axis = dict(zip((v.name for v in g.backward.input_vars), bwd.inputs, strict=True))
+    handed = list(zip(g.residuals, ft.output_kinds[n:], strict=True)) + list(
+        zip(g.cotangents, ft.output_kinds[:n], strict=True))
+    ok = all(axis.get(v.name) == (k.axis if k.kind == ROW else None) for v, k in handed)
+    return rows, ok
 
 
 def _blas_limiter(threads: int | None) -> Callable[[], Any] | None:

@@ -337,7 +337,7 @@ def emit_eqns_top(f: _Fn, eqns: tuple[Eqn, ...], live_out: set[str]) -> None:
             emit_top(f, g[0])
 
 
-JIT = '@njit(cache=True, fastmath=kernels.FASTMATH, error_model="numpy")'
+JIT = '@njit(cache=True, nogil=True, fastmath=kernels.FASTMATH, error_model="numpy")'
 
 
 def emit_function(w: CodeWriter, fn_name: str, prog: Program, dtype: str,

@@ -1,0 +1,80 @@
+"""Running one call as independent batch slices on several threads.
+
+The generated functions release the GIL (``nogil=True``), so slices of the batch run truly in
+parallel, each with its whole time loop and no synchronisation between steps: a recurrence
+couples the steps of one row, never two rows. Where this is allowed is decided from the IR by
+`rnnlang.ir.rows.row_plan`; this module only cuts arrays and joins the results.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import numpy as np
+
+from rnnlang.ir.rows import RowPlan
+
+R = TypeVar("R")
+MIN_ROWS = 4  # fewer rows per slice than this: one thread does better than two
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def slices(batch: int, threads: int) -> list[tuple[int, int]]:
+    """Contiguous, nearly equal row ranges, at least MIN_ROWS rows each."""
+    n = max(1, min(threads, batch // MIN_ROWS))
+    return [(k * batch // n, (k + 1) * batch // n) for k in range(n)]
+
+
+def take(a: np.ndarray, axis: int | None, lo: int, hi: int) -> np.ndarray:
+    """Rows ``lo:hi`` along ``axis`` as a contiguous array (the generated code's layout)."""
+    if axis is None:
+        return a
+    return np.ascontiguousarray(a[(slice(None),) * axis + (slice(lo, hi),)])
+
+
+def join(parts: Sequence[Sequence[np.ndarray]], plan: RowPlan) -> list[np.ndarray]:
+    """One result per output from per-slice results, as the plan says."""
+    out = []
+    for k, how in enumerate(plan.outputs):
+        pieces = [p[k] for p in parts]
+        if how[0] == "concat":
+            out.append(np.concatenate(pieces, axis=int(how[1])))
+        elif how[0] == "sum":
+            total = pieces[0].copy()
+            for x in pieces[1:]:
+                total += x
+            out.append(total)
+        else:
+            out.append(pieces[0])
+    return out
+
+
+class Pool:
+    """A lazily started thread pool; the calling thread runs the first slice itself."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def map(self, fn: Callable[[int], R], n: int) -> list[R]:
+        if n == 1:
+            return [fn(0)]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.threads - 1,
+                                                thread_name_prefix="rnnlang")
+        futures = [self._pool.submit(fn, k) for k in range(1, n)]
+        first = fn(0)
+        return [first] + [f.result() for f in futures]

@@ -1,0 +1,150 @@
+"""Batch-slice parallelism: `rnnlang.ir.rows.row_plan` (which values depend on one batch row)
+checked by running the reference interpreter on slices and joining as the plan says, and the
+CPU executor's threaded slices against one thread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnnlang
+from rnnlang.interp import run_program
+from rnnlang.ir.nodes import Eqn, InputInfo, Program, Var
+from rnnlang.ir.rows import ROW, SUM, row_plan
+from rnnlang.ir.types import BATCH, Dim, TensorType
+from rnnlang.parallel import join, slices, take
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SPLIT = [(0, 2), (2, 3), (3, 7)]  # uneven on purpose
+B, T = 7, 5
+
+
+def _inputs(m: rnnlang.Model, rng: np.random.Generator) -> tuple[dict, dict]:
+    ins, lens = {}, {}
+    for info in m.program.inputs:
+        if info.role not in ("seq", "vec"):
+            continue
+        feat = info.var.shape[-1].evaluate(m.static)
+        if info.role == "seq":
+            ins[info.var.name] = rng.normal(size=(T, B, feat))
+            lens[info.var.name] = rng.integers(1, T + 1, size=B)
+        else:
+            ins[info.var.name] = rng.normal(size=(B, feat))
+    return ins, lens
+
+
+def _cut(prog: Program, axes: tuple[int | None, ...], vals: dict, lo: int, hi: int) -> dict:
+    out = dict(vals)
+    for v, ax in zip(prog.input_vars, axes, strict=True):
+        if v.name in vals:
+            out[v.name] = take(vals[v.name], ax, lo, hi)
+    return out
+
+
+@pytest.mark.parametrize("name", ["tagger", "seq2seq", "cnn_rnn", "custom_cells", "tdnn",
+                                  "generator", "gestures", "elman"])
+def test_slices_joined_by_the_plan_equal_the_whole_batch(name: str) -> None:
+    """Forward, and forward_train + backward with cotangents cut like the outputs: per-slice
+    results joined (concatenated or summed) equal the whole-batch run, in float64."""
+    m = rnnlang.compile(EXAMPLES / f"{name}.rnn", target="reference", dtype="float64")
+    rng = np.random.default_rng(1)
+    ins, lens = _inputs(m, rng)
+    b = m._bind(ins, {}, lens, None)
+    g = m.grad_programs()
+    plans = {k: row_plan(p) for k, p in (("f", m.program), ("ft", g.forward),
+                                         ("bw", g.backward))}
+    assert all(p is not None for p in plans.values()), plans
+    vals = {**m.params, **b.values}
+    dt = np.dtype("float64")
+    whole = run_program(m.program, vals, b.dims, dt)
+    parts = [run_program(m.program, _cut(m.program, plans["f"].inputs, vals, lo, hi),
+                         dict(b.dims, B=hi - lo), dt) for lo, hi in SPLIT]
+    for got, want in zip(join(parts, plans["f"]), whole, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    n = len(m.program.outputs)
+    outs = run_program(g.forward, vals, b.dims, dt)
+    cots = {c.name: rng.normal(size=o.shape) for c, o in zip(g.cotangents, outs[:n],
+                                                             strict=True)}
+    res = {r.name: o for r, o in zip(g.residuals, outs[n:], strict=True)}
+    want_g = run_program(g.backward, {**vals, **res, **cots}, b.dims, dt)
+    parts = []
+    for lo, hi in SPLIT:
+        d = dict(b.dims, B=hi - lo)
+        fo = run_program(g.forward, _cut(g.forward, plans["ft"].inputs, vals, lo, hi), d, dt)
+        r = {x.name: o for x, o in zip(g.residuals, fo[n:], strict=True)}
+        parts.append(run_program(g.backward, {**_cut(g.backward, plans["bw"].inputs,
+                                                     {**vals, **cots}, lo, hi), **r}, d, dt))
+    kinds = {k.kind for k in plans["bw"].output_kinds}
+    assert SUM in kinds and ROW in kinds  # weight gradients are sums, input gradients rows
+    for got, want in zip(join(parts, plans["bw"]), want_g, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def _var(name: str, *shape: Dim | int) -> Var:
+    return Var(name, TensorType(tuple(Dim.of(d) for d in shape), "float64"))
+
+
+def test_values_that_mix_rows_are_not_split() -> None:
+    """A sum over the batch is fine as an output (partial sums add up) but not as the input
+    of anything nonlinear."""
+    x = _var("x", BATCH, 3)
+    s = _var("s", 3)
+    y = _var("y", 3)
+    total = Eqn("sum_to", (x,), (s,), (("shape", (Dim.of(3),)),))
+    plain = Program("p", (InputInfo(x, "vec"),), (), (total,), (s,), ("s",))
+    plan = row_plan(plain)
+    assert plan is not None and plan.outputs == (("sum",),) and plan.inputs == (0,)
+    bent = Program("p", (InputInfo(x, "vec"),), (), (total, Eqn("tanh", (s,), (y,))), (y,),
+                   ("y",))
+    assert row_plan(bent) is None
+    doubled = Program("p", (InputInfo(x, "vec"),), (), (total, Eqn("add", (s, s), (y,))),
+                      (y,), ("y",))
+    assert row_plan(doubled) is not None  # linear: still a sum
+    folded = _var("f", Dim((("B", 2),)), 3)  # B inside a compound size: rows unknown
+    assert row_plan(Program("p", (InputInfo(folded, "vec"),), (), (), (folded,),
+                            ("f",))) is None
+
+
+def test_slices() -> None:
+    assert slices(32, 2) == [(0, 16), (16, 32)]
+    assert slices(7, 2) == [(0, 7)]  # under 4 rows each: one slice
+    assert slices(9, 4) == [(0, 4), (4, 9)]
+    assert slices(1, 8) == [(0, 1)]
+
+
+SPEC = """
+model m(H = 6, F = 3) {
+  input x: seq[F]
+  enc = stack(lstm(H), 2) over x
+  g = bidir(gru(H)) over enc
+  output y = dense(g, 2)
+  output z = last(g)
+}
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_threads_match_one_thread(cache_dir: Path, dtype: str) -> None:
+    """The CPU target on 3 threads (uneven slices of 13 rows, padded sequences) gives one
+    thread's outputs and gradients up to rounding."""
+    one = rnnlang.compile(SPEC, dtype=dtype, cache_dir=cache_dir, threads=1)
+    three = rnnlang.compile(SPEC, dtype=dtype, cache_dir=cache_dir, threads=3)
+    three.params = {k: v.copy() for k, v in one.params.items()}
+    ex = three._executor()
+    assert ex.split_forward and ex.split_train
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(9, 13, 3)).astype(dtype)
+    lens = rng.integers(1, 10, size=13)
+    cot = {"y": rng.normal(size=(9, 13, 2)).astype(dtype),
+           "z": rng.normal(size=(13, 12)).astype(dtype)}
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=2e-4, atol=2e-5)
+    a, b = one.vjp({"x": x}, cot, lengths=lens), three.vjp({"x": x}, cot, lengths=lens)
+    for k in a.params:
+        np.testing.assert_allclose(b.params[k], a.params[k], **tol, err_msg=k)
+    np.testing.assert_allclose(b.inputs["x"], a.inputs["x"], **tol)
+    for k, v in one.forward({"x": x}, lengths=lens).items():
+        np.testing.assert_allclose(three.forward({"x": x}, lengths=lens)[k], v, **tol)
+    with pytest.raises(rnnlang.RnnUserError, match="threads"):
+        rnnlang.compile(SPEC, threads=0)
