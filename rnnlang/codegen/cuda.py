@@ -320,11 +320,11 @@ def emit_top(f: _Fn, ks: Kernels, fn: str, syms: tuple[str, ...], eqns: tuple[Eq
             continue
         if e0.op in ("matmul", "matmul_nt"):
             x, wt = (f.id(v) for v in e0.inputs)  # type: ignore[arg-type]
-            w.line(f"{o} = K.matmul({x}, {wt}{', True' if e0.op == 'matmul_nt' else ''})")
+            w.line(f"{o} = K.matmul({x}, {wt}, {e0.op == 'matmul_nt'}, launch)")
             continue
         if e0.op == "matmul_tn":
             x, gg = (f.id(v) for v in e0.inputs)  # type: ignore[arg-type]
-            w.line(f"{o} = K.matmul_tn({x}, {gg})")
+            w.line(f"{o} = K.matmul_tn({x}, {gg}, launch)")
             continue
         if OPS[e0.op].pointwise:
             kept = [x for x in g if x.outputs[0].name in keep]

@@ -85,20 +85,25 @@ class Launch:
     ``threads``: threads per block of the elementwise kernels and the persistent scan kernels;
     ``max_blocks``: the most blocks a scan kernel gets (each owns ``ceil(B / max_blocks)``
     batch rows, so a block per row up to the number of SMs); ``grid_cap``: the most blocks of
-    an elementwise kernel (they stride over the elements); ``tile``: the matmul tile edge.
+    an elementwise kernel (they stride over the elements); ``tile``: the matmul tile edge;
+    ``small``: products with fewer output elements than this use a thread per element and no
+    tiles (latency-bound anyway, and cheap to simulate).
     """
 
     threads: int = 256
     max_blocks: int = 132
     grid_cap: int = 4096
     tile: int = 16
+    small: int = 4096
 
     @staticmethod
-    def for_device() -> Launch:
+    def for_device(small: int | None = None) -> Launch:
         if simulated():  # tiny blocks: the simulator runs a thread per CUDA thread
-            return Launch(threads=4, max_blocks=2, grid_cap=4, tile=4)
+            return Launch(threads=4, max_blocks=2, grid_cap=4, tile=4,
+                          small=4096 if small is None else small)
         dev = cuda.get_current_device()
-        return Launch(max_blocks=int(getattr(dev, "MULTIPROCESSOR_COUNT", 132)))
+        return Launch(max_blocks=int(getattr(dev, "MULTIPROCESSOR_COUNT", 132)),
+                      small=4096 if small is None else small)
 
     def grid(self, total: int) -> int:
         return max(1, min(self.grid_cap, -(-total // self.threads)))
@@ -160,6 +165,26 @@ def for_dtype(dtype: Any, tile: int) -> SimpleNamespace:
             out[row, col] = acc
 
     @cuda.jit
+    def _mm_small(a, w, out, trans_w, m, n, k):  # a thread per output element, no tiles
+        for e in range(cuda.grid(1), m * n, cuda.gridsize(1)):
+            row = e // n
+            col = e % n
+            acc = nb(0.0)
+            for q in range(k):
+                acc += a[row, q] * (w[col, q] if trans_w else w[q, col])
+            out[row, col] = acc
+
+    @cuda.jit
+    def _mm_tn_small(a, g, out, rows, k, n):
+        for e in range(cuda.grid(1), k * n, cuda.gridsize(1)):
+            p = e // n
+            col = e % n
+            acc = nb(0.0)
+            for r in range(rows):
+                acc += a[r, p] * g[r, col]
+            out[p, col] = acc
+
+    @cuda.jit
     def _fill0(x, total):
         for e in range(cuda.grid(1), total, cuda.gridsize(1)):
             x[e] = 0.0
@@ -172,7 +197,7 @@ def for_dtype(dtype: Any, tile: int) -> SimpleNamespace:
     def _blocks(m: int, n: int) -> tuple[tuple[int, int], tuple[int, int]]:
         return (max(1, -(-n // TILE)), max(1, -(-m // TILE))), (TILE, TILE)
 
-    def matmul(a: Any, w: Any, trans_w: bool = False) -> Any:
+    def matmul(a: Any, w: Any, trans_w: bool, launch: Launch) -> Any:
         """``a @ w`` (or ``a @ w.T``) over every leading axis of ``a`` as one GEMM."""
         shape = tuple(a.shape)  # the simulator's shapes take no negative indices
         k = shape[-1]
@@ -180,16 +205,24 @@ def for_dtype(dtype: Any, tile: int) -> SimpleNamespace:
         lead = shape[:-1]
         m = int(np.prod(lead, dtype=np.int64))
         out = cuda.device_array(lead + (n,), dt)
+        if m * n < launch.small:
+            _mm_small[launch.grid(m * n), launch.threads](a.reshape(m, k), w, out.reshape(m, n),
+                                                          trans_w, m, n, k)
+            return out
         grid, block = _blocks(m, n)
         _mm[grid, block](a.reshape(m, k), w, out.reshape(m, n), trans_w, m, n, k)
         return out
 
-    def matmul_tn(a: Any, g: Any) -> Any:
+    def matmul_tn(a: Any, g: Any, launch: Launch) -> Any:
         """``A^T @ G`` with every leading axis folded into the rows (weight gradients)."""
         sa, sg = tuple(a.shape), tuple(g.shape)
         k, n = sa[-1], sg[-1]
         rows = int(np.prod(sa[:-1], dtype=np.int64))
         out = cuda.device_array((k, n), dt)
+        if k * n < launch.small:
+            _mm_tn_small[launch.grid(k * n), launch.threads](a.reshape(rows, k),
+                                                             g.reshape(rows, n), out, rows, k, n)
+            return out
         grid, block = _blocks(k, n)
         _mm_tn[grid, block](a.reshape(rows, k), g.reshape(rows, n), out, rows, k, n)
         return out

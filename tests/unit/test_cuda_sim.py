@@ -15,6 +15,7 @@ import ast
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,8 @@ if not (IN_SIM or REAL_GPU):
 
     def test_cuda_target_in_the_simulator() -> None:
         env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-        r = subprocess.run([sys.executable, "-m", "pytest", str(HERE), "-q", "-p",
-                            "no:cacheprovider", "-W", "ignore::DeprecationWarning"],
+        r = subprocess.run([sys.executable, "-m", "pytest", str(HERE), "-o", "addopts=", "-q",
+                            "-p", "no:cacheprovider"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         tail = (r.stdout[-6000:] + r.stderr[-3000:])
         assert r.returncode == 0, tail
@@ -52,6 +53,14 @@ else:
     from rnnlang.codegen.cuda_scan import kinds
     from rnnlang.executors_cuda import CudaExecutor, require_cuda
     from tests.unit.test_properties import Data, cell_sources, data
+
+    @pytest.fixture(scope="module")
+    def cache_dir() -> Path:
+        """Generated modules kept between runs (keyed by their content, written atomically):
+        the CPU side of each comparison costs ~10 s of Numba compilation when cold."""
+        path = Path(tempfile.gettempdir()) / "rnnlang-cudasim-cache"
+        path.mkdir(exist_ok=True)
+        return path
 
     def cell_model(layer: str) -> str:
         return (f"model m(H, F) {{\n  input x: seq[F]\n  enc = {layer} over x\n"
@@ -105,12 +114,12 @@ model m(H, F) {
     DIMS = {"stacked": {"H": H, "O": 2}}
     NO_PASSES = ("fuse_gate_matmuls", "hoist_input_projections", "dce")
 
-    def compile_pair(src: str, cache: Path, disable: tuple[str, ...] = (),
+    def compile_pair(src: str, cache: Path, disable: tuple[str, ...] = (), oracle: str = "cpu",
                      **dims: int) -> tuple[rnnlang.Model, rnnlang.Model]:
         dims = dims or {"H": H}
         return tuple(rnnlang.compile(src, target=t, dtype="float64", cache_dir=cache,
                                      disable_passes=disable, **dims)
-                     for t in ("cuda", "cpu"))  # type: ignore[return-value]
+                     for t in ("cuda", oracle))  # type: ignore[return-value]
 
     def problem(m: rnnlang.Model, seed: int, t: int = T, lengths: np.ndarray = LENGTHS,
                 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, np.ndarray]]:
@@ -146,8 +155,16 @@ model m(H, F) {
             np.testing.assert_allclose(gc.inputs[k], gp.inputs[k], **TIGHT, err_msg=f"d {k}")
         assert any(np.any(g != 0) for g in gp.params.values())
 
-    @pytest.mark.parametrize("name", list(MODELS))
-    def test_forward_and_gradients_match_cpu(name: str, cache_dir: Path) -> None:
+    @pytest.mark.parametrize("name", list(CELLS))
+    def test_stdlib_cells_match_the_interpreter(name: str, cache_dir: Path) -> None:
+        """Every standard cell, against the reference interpreter: test_parity and
+        test_targets hold the CPU target equal to it to 1e-10, and compiling seven more CPU
+        models would add a minute of Numba compilation to a cold run."""
+        cu, ref = compile_pair(MODELS[name], cache_dir, oracle="reference")
+        check_pair(cu, ref, seed=len(name))
+
+    @pytest.mark.parametrize("name", ["stacked", "bidir_conv_pool", "enc_dec", "delay"])
+    def test_models_match_cpu(name: str, cache_dir: Path) -> None:
         cu, cp = compile_pair(MODELS[name], cache_dir, **DIMS.get(name, {}))
         check_pair(cu, cp, seed=len(name))
 
@@ -275,6 +292,27 @@ model m(H, F) {
                                        err_msg=k)
         assert any(not np.allclose(cp.params[k], before[k]) for k in before)
         assert rc is not None and rp is not None
+
+    @pytest.mark.parametrize("dtype", ["float64", "float32"])
+    def test_tiled_matmul_kernels(dtype: str) -> None:
+        """The tiled shared-memory products (used above ``Launch.small`` output elements; the
+        tiny models above use the untiled ones) on shapes that are not multiples of the tile."""
+        from numba import cuda
+
+        from rnnlang.codegen.cuda_kernels import Launch, for_dtype
+        launch = Launch.for_device(small=0)
+        k = for_dtype(np.dtype(dtype), launch.tile)
+        rng = np.random.default_rng(9)
+        a, w = rng.standard_normal((2, 3, 5)).astype(dtype), rng.standard_normal((5, 6))
+        w = w.astype(dtype)
+        g = rng.standard_normal((2, 3, 6)).astype(dtype)
+        tol = {"rtol": 1e-5} if dtype == "float32" else TIGHT
+        da, dw, dg = cuda.to_device(a), cuda.to_device(w), cuda.to_device(g)
+        np.testing.assert_allclose(k.matmul(da, dw, False, launch).copy_to_host(), a @ w, **tol)
+        np.testing.assert_allclose(k.matmul(dg, dw, True, launch).copy_to_host(), g @ w.T,
+                                   **tol)
+        np.testing.assert_allclose(k.matmul_tn(da, dg, launch).copy_to_host(),
+                                   a.reshape(6, 5).T @ g.reshape(6, 6), **tol)
 
     def test_unavailable_cuda_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
         def missing() -> Any:
