@@ -121,7 +121,12 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
         module, _ = parse_program(args.file)
         text = _format_ast(module)
     else:
-        m = rnnlang.compile(args.file, **_opts(args))  # type: ignore[arg-type]
+        opts = _opts(args)
+        # CUDA source is only text: print it without needing a GPU (compile it for the CPU)
+        cuda_text = args.target == "cuda" and args.emit == "python" and not args.report
+        if cuda_text:
+            opts["target"] = "cpu"
+        m = rnnlang.compile(args.file, **opts)  # type: ignore[arg-type]
         if args.dump_after:
             from rnnlang.api import CompileOptions, build_program
             from rnnlang.ir.printer import print_program
@@ -136,6 +141,9 @@ def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
         if args.report:
             from rnnlang.cli_viz import report_text
             text = report_text(m)
+        elif cuda_text:
+            from rnnlang.executors_cuda import cuda_source
+            text = cuda_source(m)
         else:
             text = m.emit(args.emit)
     if args.output:

@@ -374,6 +374,9 @@ def emit_cuda_function(w: CodeWriter, ks: Kernels, fn_name: str, prog: Program, 
 
 
 # ---- the module -------------------------------------------------------------------------------
+# device helpers of cuda_kernels (named here so that printing the source needs no numba.cuda)
+PRELUDE = ("_sigmoid", "_softplus", "_hard_sigmoid", "_elu", "_gelu", "_d_gelu", "_d_softsign",
+           "_sign")
 _NAMED = (("_ZERO", 0.0), ("_ONE", 1.0), ("_HALF", 0.5), ("_THREE", 3.0), ("_SIXTH", 1.0 / 6.0))
 
 
@@ -384,7 +387,6 @@ def emit_cuda_module(programs: dict[str, Program], *, dtype: str, source_name: s
     import hashlib
 
     from rnnlang import __version__
-    from rnnlang.codegen.cuda_kernels import PRELUDE
 
     w = CodeWriter()
     digest = hashlib.sha256(source_text.encode()).hexdigest()[:16]

@@ -69,10 +69,6 @@ def _sign(x):  # type: ignore[no-untyped-def]
     return 1.0 if x > 0.0 else (-1.0 if x < 0.0 else 0.0)
 
 
-PRELUDE = ("_sigmoid", "_softplus", "_hard_sigmoid", "_elu", "_gelu", "_d_gelu", "_d_softsign",
-           "_sign")
-
-
 def simulated() -> bool:
     """Whether ``numba.cuda`` is Numba's CPU simulator (one OS thread per CUDA thread)."""
     return bool(numba.config.ENABLE_CUDASIM)

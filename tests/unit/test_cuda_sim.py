@@ -36,6 +36,21 @@ T = 4
 LENGTHS = np.array([4, 2, 3])
 
 
+def test_rnnc_prints_cuda_source_without_a_gpu(tmp_path: Path) -> None:
+    """``rnnc compile --target cuda --emit python`` only prints text: no GPU needed."""
+    import io
+
+    from rnnlang.cli import main
+    out = io.StringIO()
+    rc = main(["compile", str(ROOT / "examples" / "tagger.rnn"), "--target", "cuda", "--emit",
+               "python", "--cache-dir", str(tmp_path)], out)
+    text = out.getvalue()
+    assert rc == 0
+    ast.parse(text)
+    assert "Target: cuda" in text and "@cuda.jit" in text
+    assert text.count("_scan(") >= 6  # a persistent kernel per scan: definitions and launches
+
+
 if not (IN_SIM or REAL_GPU):
 
     def test_cuda_target_in_the_simulator() -> None:
