@@ -35,6 +35,13 @@ def _dims(items: list[str]) -> dict[str, int]:
     return out
 
 
+def _threads(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise argparse.ArgumentTypeError(f"--threads expects a number from 1 to 1024, got "
+                                         f"'{text}'")
+    return int(text)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-D", dest="dims", action="append", default=[], metavar="NAME=INT",
                    help="set a model size, e.g. -D H=128 (repeatable)")
@@ -45,6 +52,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disable-pass", action="append", default=[], metavar="NAME")
     p.add_argument("--verify", action="store_true", help="verify the IR after every pass")
     p.add_argument("--cache-dir", type=Path, help="where generated modules are cached")
+    try:
+        p.add_argument("--threads", type=_threads, metavar="N",
+                       help="cpu: run batch slices on N threads (default: every usable CPU)")
+    except argparse.ArgumentError:
+        pass  # the command has its own --threads (rnnc bench), which compile() receives too
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +101,7 @@ def _opts(args: argparse.Namespace) -> dict[str, object]:
         disabled += tuple(n for n, _ in forward_passes() + BACKWARD)
     return dict(target=args.target, dtype=args.dtype, model=args.model,
                 cache_dir=args.cache_dir, verify_ir=args.verify, disable_passes=disabled,
-                **_dims(args.dims))
+                threads=args.threads, **_dims(args.dims))
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
