@@ -146,6 +146,11 @@ class CudaExecutor:
             return _as_device(x)
         return self.cuda.to_device(np.ascontiguousarray(x, dtype=self.m.dtype))
 
+    def run_device(self, fn: str, b: Bound, extra: Mapping[str, Any]) -> list[Any]:
+        """Run one driver (``forward``, ``forward_train`` or ``backward``) and return its
+        outputs as device arrays: nothing is copied back (benchmarks, device pipelines)."""
+        return self._call(fn, b, extra)
+
     def _call(self, fn: str, b: Bound, extra: Mapping[str, Any]) -> list[Any]:
         prog: Program = self.programs[fn]
         vals: dict[str, Any] = dict(self.device_params())

@@ -329,6 +329,25 @@ model m(H, F) {
         np.testing.assert_allclose(k.matmul_tn(da, dg, launch).copy_to_host(),
                                    a.reshape(6, 5).T @ g.reshape(6, 6), **tol)
 
+    def test_gpu_benchmark_script_runs(tmp_path: Path, cache_dir: Path) -> None:
+        """benchmarks/bench_gpu.py end to end on a tiny case: parity, timings, table, JSON."""
+        import importlib.util
+        import json
+        spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" /
+                                                      "bench_gpu.py")
+        assert spec is not None and spec.loader is not None
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        out = tmp_path / "gpu.json"
+        rc = bench.main(["--smoke", "--cells", "mgu", "--oracle", "reference", "--warmup", "0",
+                         "--reps", "1", "--budget", "0", "--out", str(out),
+                         "--cache-dir", str(cache_dir)])
+        assert rc == 0
+        res = json.loads(out.read_text())
+        assert res["parity"]["mgu"]["worst"] < 1e-4
+        assert {(r["backend"], r["mode"]) for r in res["timings"] if "median_ms" in r} >= {
+            ("rnnlang", "fwd"), ("rnnlang", "fwdbwd")}
+
     def test_unavailable_cuda_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
         def missing() -> Any:
             raise ImportError("No module named 'numba.cuda'")
