@@ -237,4 +237,7 @@ def for_dtype(dtype: Any, tile: int) -> SimpleNamespace:
         _copy[launch.grid(total), launch.threads](out.reshape(total), src.reshape(total), total)
         return out
 
-    return SimpleNamespace(matmul=matmul, matmul_tn=matmul_tn, zeros=zeros, copy=copy)
+    return SimpleNamespace(matmul=matmul, matmul_tn=matmul_tn, zeros=zeros, copy=copy,
+                           kernels={"_mm": _mm, "_mm_tn": _mm_tn, "_mm_small": _mm_small,
+                                    "_mm_tn_small": _mm_tn_small, "_fill0": _fill0,
+                                    "_copy": _copy})

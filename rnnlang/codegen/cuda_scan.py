@@ -297,7 +297,7 @@ def _stores(kw: CodeWriter, f: _Fn, spec: ScanSpec, kind: dict[str, str],
         where = ", ".join(idx)
         if isinstance(ob, SumTo):
             if k == "part":
-                tgt = f"({where},)" if len(idx) == 1 else f"({where})"
+                tgt = where if len(idx) == 1 else f"({where})"  # a 1-D array takes an int
                 kw.line(f"cuda.atomic.add({sums[ob.index]}, {tgt if idx else '0'}, {val})")
             else:
                 kw.line(f"{sums[ob.index]}[{where or '0'}] += {val}")
