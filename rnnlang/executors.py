@@ -14,8 +14,8 @@ import numpy as np
 
 from rnnlang.interp import run_program
 from rnnlang.ir.nodes import Program
-from rnnlang.ir.rows import ROW, SUM, RowPlan, row_plan
-from rnnlang.parallel import Pool, default_threads, join, slices, take
+from rnnlang.ir.rows import ROW, SUM, RowPlan, row_flops, row_plan
+from rnnlang.parallel import MIN_FLOPS, MIN_ROWS, Pool, default_threads, join, slices, take
 from rnnlang.runtime import Bound
 
 if TYPE_CHECKING:
@@ -86,9 +86,12 @@ class CpuExecutor:
     def _limited(self) -> Any:
         return self._limit() if self._limit is not None else nullcontext()
 
-    def _parts(self, b: Bound, split: bool) -> list[tuple[int, int]]:
+    def _parts(self, fn: str, b: Bound, split: bool) -> list[tuple[int, int]]:
         batch = b.dims.get("B", 1)
-        return slices(batch, self.pool.threads) if split else [(0, batch)]
+        if not split or self.pool.threads == 1 or batch < 2 * MIN_ROWS or row_flops(
+                self.programs[fn], b.dims) * batch < MIN_FLOPS:
+            return [(0, batch)]
+        return slices(batch, self.pool.threads)
 
     def _sliced(self, fn: str, part: tuple[int, int], b: Bound, vals: dict[str, Any],
                 whole: dict[str, Any]) -> tuple[dict[str, int], dict[str, Any]]:
@@ -103,7 +106,7 @@ class CpuExecutor:
         return dict(b.dims, B=hi - lo), out
 
     def forward(self, b: Bound) -> list[np.ndarray]:
-        parts = self._parts(b, self.split_forward)
+        parts = self._parts("forward", b, self.split_forward)
         with self._limited():
             if len(parts) == 1:
                 return self._run("forward", b.dims, {**self.m.params, **b.values})
@@ -115,7 +118,7 @@ class CpuExecutor:
                                                                 list[np.ndarray]]:
         g = self.m.grad_programs()
         n = len(self.m.program.outputs)
-        parts = self._parts(b, self.split_train)
+        parts = self._parts("forward_train", b, self.split_train)
         with self._limited():
             fwd = self.pool.map(lambda k: self._run("forward_train", *self._sliced(
                 "forward_train", parts[k], b, b.values, self.m.params)), len(parts))

@@ -20,6 +20,7 @@ from rnnlang.ir.rows import RowPlan
 
 R = TypeVar("R")
 MIN_ROWS = 4  # fewer rows per slice than this: one thread does better than two
+MIN_FLOPS = 2e7  # a call cheaper than this (~1 ms) loses more to threads than it gains
 
 
 def default_threads() -> int:

@@ -217,3 +217,28 @@ def row_plan(prog: Program) -> RowPlan | None:
         return RowPlan(tuple(axes), tuple(outs), kinds)
     except _Unsplittable:
         return None
+
+
+def row_flops(prog: Program, dims: Mapping[str, int]) -> float:
+    """Multiply-adds x 2 of the products one batch row costs (scan bodies once per step): a
+    cheap estimate of whether a call is worth cutting into slices."""
+
+    def size(d: Dim) -> int:
+        return 1 if d == BATCH else d.evaluate(dims)
+
+    def walk(eqns: tuple[Eqn, ...], times: int) -> float:
+        total = 0.0
+        for e in eqns:
+            if e.op in ("matmul", "matmul_nt", "matmul_tn"):
+                a = e.inputs[0]
+                k = a.shape[0] if e.op == "matmul_tn" else a.shape[-1]
+                out = 1
+                for d in e.outputs[0].shape:
+                    out *= size(d)
+                total += 2.0 * times * out * size(k)
+            spec = e.attr("scan")
+            if spec is not None:
+                total += walk(spec.body.eqns, times * spec.time.evaluate(dims))
+        return total
+
+    return walk(prog.eqns, 1)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import rnnlang
+import rnnlang.executors
 from rnnlang.interp import run_program
 from rnnlang.ir.nodes import Eqn, InputInfo, Program, Var
 from rnnlang.ir.rows import ROW, SUM, row_plan
@@ -126,7 +127,8 @@ model m(H = 6, F = 3) {
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_threads_match_one_thread(cache_dir: Path, dtype: str) -> None:
+def test_threads_match_one_thread(cache_dir: Path, dtype: str,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU target on 3 threads (uneven slices of 13 rows, padded sequences) gives one
     thread's outputs and gradients up to rounding."""
     one = rnnlang.compile(SPEC, dtype=dtype, cache_dir=cache_dir, threads=1)
@@ -137,6 +139,10 @@ def test_threads_match_one_thread(cache_dir: Path, dtype: str) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(9, 13, 3)).astype(dtype)
     lens = rng.integers(1, 10, size=13)
+    b = three._bind({"x": x}, {}, lens, None)
+    assert len(ex._parts("forward", b, True)) == 1  # too little work to be worth threads
+    monkeypatch.setattr(rnnlang.executors, "MIN_FLOPS", 0)
+    assert ex._parts("forward_train", b, True) == [(0, 4), (4, 8), (8, 13)]
     cot = {"y": rng.normal(size=(9, 13, 2)).astype(dtype),
            "z": rng.normal(size=(13, 12)).astype(dtype)}
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=2e-4, atol=2e-5)
