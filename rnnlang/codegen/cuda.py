@@ -218,13 +218,13 @@ def _masked(c: Ctx, w: CodeWriter, e: Eqn, idx: list[str], out_ref: str) -> None
         w.line("_acc = _ZERO")
         with w.block("for _r in range(_n):"):
             w.line(f"_acc += {c.at(x, ['_r'] + idx)}")
-        w.line(f"{out_ref} = _acc / max(_n, 1)")
+        w.line(f"{out_ref} = _acc / DTYPE(max(_n, 1))")
         return
     _length(c, w, mask, idx[1])  # out (T, B, ...)
     if e.op == "last_vjp":
         w.line(f"{out_ref} = {c.at(x, idx[1:])} if {idx[0]} == max(_n - 1, 0) else _ZERO")
     elif e.op == "mean_vjp":
-        w.line(f"{out_ref} = {c.at(x, idx[1:])} / max(_n, 1) if {idx[0]} < _n else _ZERO")
+        w.line(f"{out_ref} = {c.at(x, idx[1:])} / DTYPE(max(_n, 1)) if {idx[0]} < _n else _ZERO")
     else:  # reverse
         w.line(f"{out_ref} = {c.at(x, [f'_n - 1 - {idx[0]}'] + idx[1:])} if {idx[0]} < _n "
                "else _ZERO")
@@ -374,10 +374,23 @@ def emit_cuda_function(w: CodeWriter, ks: Kernels, fn_name: str, prog: Program, 
 
 
 # ---- the module -------------------------------------------------------------------------------
-# device helpers of cuda_kernels (named here so that printing the source needs no numba.cuda)
-PRELUDE = ("_sigmoid", "_softplus", "_hard_sigmoid", "_elu", "_gelu", "_d_gelu", "_d_softsign",
-           "_sign")
-_NAMED = (("_ZERO", 0.0), ("_ONE", 1.0), ("_HALF", 0.5), ("_THREE", 3.0), ("_SIXTH", 1.0 / 6.0))
+# Constants and device helpers of the pointwise templates in ``ir/ops.py``, emitted into each
+# module so that they use its dtype: with float32, a bare ``1.0`` would make the arithmetic
+# float64 on the GPU.
+_NAMED = (("_ZERO", 0.0), ("_ONE", 1.0), ("_HALF", 0.5), ("_THREE", 3.0), ("_SIX", 6.0),
+          ("_SIXTH", 1.0 / 6.0), ("_RSQRT2", 0.7071067811865476),
+          ("_RSQRT2PI", 0.3989422804014327))
+_HELPERS = (
+    ("_sigmoid", ["return _ONE / (_ONE + math.exp(-x))  # exp overflow to inf gives 0: right"]),
+    ("_softplus", ["return math.log1p(math.exp(-abs(x))) + max(x, _ZERO)"]),
+    ("_hard_sigmoid", ["return min(max(x / _SIX + _HALF, _ZERO), _ONE)"]),
+    ("_elu", ["return x if x > _ZERO else math.expm1(x)"]),
+    ("_gelu", ["return _HALF * x * (_ONE + math.erf(x * _RSQRT2))"]),
+    ("_d_gelu", ["return _HALF * (_ONE + math.erf(x * _RSQRT2)) + x * math.exp("
+                 "-_HALF * x * x) * _RSQRT2PI"]),
+    ("_d_softsign", ["d = _ONE + abs(x)", "return _ONE / (d * d)"]),
+    ("_sign", ["return _ONE if x > _ZERO else (-_ONE if x < _ZERO else _ZERO)"]),
+)
 
 
 def emit_cuda_module(programs: dict[str, Program], *, dtype: str, source_name: str,
@@ -401,11 +414,17 @@ def emit_cuda_module(programs: dict[str, Program], *, dtype: str, source_name: s
     w.line("from numba import cuda")
     w.line()
     w.line("from rnnlang.codegen import cuda_kernels")
-    w.line(f"from rnnlang.codegen.cuda_kernels import {', '.join(PRELUDE)}  # noqa: F401")
     w.line()
     w.line(f"DTYPE = np.{dtype}")
     for name, value in _NAMED:
         w.line(f"{name} = DTYPE({value!r})")
+    for name, lines in _HELPERS:
+        w.line()
+        w.line()
+        w.line("@cuda.jit(device=True, inline=True)")
+        with w.block(f"def {name}(x):"):
+            for text in lines:
+                w.line(text)
     ks = Kernels()
     drivers = CodeWriter()
     consts: dict[float, str] = {}

@@ -1,17 +1,15 @@
 """Hand-written CUDA pieces the generated CUDA modules call.
 
-Device helpers for the pointwise templates of ``ir/ops.py`` (same names as the CPU prelude in
-``kernels.py``), the launch configuration, and the whole-tensor kernels that are the same for
-every model: tiled shared-memory matmuls (the hoisted input projections and the weight
-gradients after the backward scan), zero-fill, copy and cast. Everything model-specific (the
-persistent scan kernels, fused pointwise kernels) is generated.
+The launch configuration, and the whole-tensor kernels that are the same for every model:
+matmuls (the hoisted input projections and the weight gradients after the backward scan),
+zero-fill and copy. Everything model-specific (the persistent scan kernels, the fused
+pointwise kernels, the device helpers of the pointwise ops) is generated.
 
 Import this module only when the CUDA target is used: it imports ``numba.cuda``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import cache
 from types import SimpleNamespace
@@ -20,53 +18,6 @@ from typing import Any
 import numba
 import numpy as np
 from numba import cuda
-
-
-def _device(fn):  # type: ignore[no-untyped-def]
-    return cuda.jit(device=True, inline=True)(fn)
-
-
-@_device
-def _sigmoid(x):  # type: ignore[no-untyped-def]
-    # exp(-x) may overflow to inf for very negative x; 1/(1+inf) = 0 is the right limit
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-@_device
-def _softplus(x):  # type: ignore[no-untyped-def]
-    return math.log1p(math.exp(-abs(x))) + max(x, 0.0)
-
-
-@_device
-def _hard_sigmoid(x):  # type: ignore[no-untyped-def]
-    return min(max(x / 6.0 + 0.5, 0.0), 1.0)
-
-
-@_device
-def _elu(x):  # type: ignore[no-untyped-def]
-    return x if x > 0.0 else math.expm1(x)
-
-
-@_device
-def _gelu(x):  # type: ignore[no-untyped-def]
-    return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
-
-
-@_device
-def _d_gelu(x):  # type: ignore[no-untyped-def]
-    return 0.5 * (1.0 + math.erf(x * 0.7071067811865476)) + x * math.exp(
-        -0.5 * x * x) * 0.3989422804014327
-
-
-@_device
-def _d_softsign(x):  # type: ignore[no-untyped-def]
-    d = 1.0 + abs(x)
-    return 1.0 / (d * d)
-
-
-@_device
-def _sign(x):  # type: ignore[no-untyped-def]
-    return 1.0 if x > 0.0 else (-1.0 if x < 0.0 else 0.0)
 
 
 def simulated() -> bool:

@@ -122,9 +122,23 @@ model m(H, F) {
   output y = reverse(enc)
 }
 """
+    FUNCS = """cell funcs(x[I]) -> h[H] {
+  param W[I, H] = glorot
+  param U[H, H] = orthogonal
+  param b[H] = zeros
+  a = x @ W + h[t-1] @ U + b
+  h = tanh(relu(a) + softsign(a) + hard_sigmoid(3 * a) + softplus(a) + elu(a) + gelu(a)
+           - 0.1 * abs(a) + 0.1 * sqrt(square(a) + 1) + log(exp(sigmoid(a)) + 1) + identity(a))
+}
+model m(H, F) {
+  input x: seq[F]
+  enc = funcs(H) over x
+  output y = enc
+}
+"""
     CELLS = {"elman": "elman(H)", "jordan": "jordan(2, H)", "lstm": "lstm(H)", "gru": "gru(H)",
              "peephole_lstm": "peephole_lstm(H)", "indrnn": "indrnn(H)", "mgu": "mgu(H)"}
-    MODELS = {**{k: cell_model(v) for k, v in CELLS.items()}, "stacked": TAGGER,
+    MODELS = {**{k: cell_model(v) for k, v in CELLS.items()}, "funcs": FUNCS, "stacked": TAGGER,
               "bidir_conv_pool": CONV_BIDIR, "enc_dec": ENC_DEC, "delay": DELAY}
     DIMS = {"stacked": {"H": H, "O": 2}}
     NO_PASSES = ("fuse_gate_matmuls", "hoist_input_projections", "dce")
@@ -170,9 +184,10 @@ model m(H, F) {
             np.testing.assert_allclose(gc.inputs[k], gp.inputs[k], **TIGHT, err_msg=f"d {k}")
         assert any(np.any(g != 0) for g in gp.params.values())
 
-    @pytest.mark.parametrize("name", list(CELLS))
+    @pytest.mark.parametrize("name", [*CELLS, "funcs"])
     def test_stdlib_cells_match_the_interpreter(name: str, cache_dir: Path) -> None:
-        """Every standard cell, against the reference interpreter: test_parity and
+        """Every standard cell (and one using every function of the language), against the
+        reference interpreter: test_parity and
         test_targets hold the CPU target equal to it to 1e-10, and compiling seven more CPU
         models would add a minute of Numba compilation to a cold run."""
         cu, ref = compile_pair(MODELS[name], cache_dir, oracle="reference")
