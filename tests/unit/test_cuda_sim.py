@@ -64,6 +64,7 @@ if not (IN_SIM or REAL_GPU):
 
 else:
     from hypothesis import given, settings
+    from hypothesis import strategies as st
 
     from rnnlang.codegen.cuda_scan import kinds
     from rnnlang.executors_cuda import CudaExecutor, require_cuda
@@ -198,6 +199,51 @@ model m(H, F) {
         cu, cp = compile_pair(MODELS[name], cache_dir, **DIMS.get(name, {}))
         check_pair(cu, cp, seed=len(name))
 
+    def test_single_step_sequences(cache_dir: Path) -> None:
+        cu, cp = compile_pair(TAGGER, cache_dir, H=H, O=2)
+        rng = np.random.default_rng(2)
+        x = rng.standard_normal((1, B, F))
+        cp.forward({"x": x})
+        cu.params = {k: v.copy() for k, v in cp.params.items()}
+        cot = {"y": rng.standard_normal((1, B, 2))}
+        gc, gp = cu.vjp({"x": x}, cot), cp.vjp({"x": x}, cot)
+        np.testing.assert_allclose(gc.outputs["y"], gp.outputs["y"], **TIGHT)
+        for k in gp.params:
+            np.testing.assert_allclose(gc.params[k], gp.params[k], **TIGHT, err_msg=k)
+
+    # a per-sequence vector input, repeat, dense, mean pooling; stateful adds final states
+    VEC_INPUTS = """model m(F = 2, C = 2, H = 3) {
+  input x: seq[F]
+  input v: vec[C]
+  param Wc[C, F] = glorot
+  enc = lstm(H) over x + v @ Wc
+  h0 = dense(v, H, act=tanh)
+  g = gru(H) over repeat(h0, 3)
+  output y = enc
+  output z = mean(g)
+}
+"""
+
+    @pytest.mark.parametrize("stateful", [False, True], ids=["plain", "stateful"])
+    def test_vector_inputs_and_final_states(stateful: bool, cache_dir: Path) -> None:
+        cu, ref = (rnnlang.compile(VEC_INPUTS, target=t, dtype="float64", stateful=stateful,
+                                   cache_dir=cache_dir) for t in ("cuda", "reference"))
+        rng = np.random.default_rng(6)
+        inp = {"x": rng.standard_normal((T, B, F)), "v": rng.standard_normal((B, 2))}
+        ref.forward(inp, lengths=LENGTHS)
+        ref.params = {k: 0.5 * rng.standard_normal(v.shape) for k, v in ref.params.items()}
+        cu.params = {k: v.copy() for k, v in ref.params.items()}
+        fr, fc = ref.forward(inp, lengths=LENGTHS), cu.forward(inp, lengths=LENGTHS)
+        assert set(fr) == set(fc) and (len(fr) == 5) == stateful
+        for k in fr:
+            np.testing.assert_allclose(fc[k], fr[k], **TIGHT, err_msg=k)
+        cots = {k: rng.standard_normal(v.shape) for k, v in fr.items()}
+        gr, gc = ref.vjp(inp, cots, lengths=LENGTHS), cu.vjp(inp, cots, lengths=LENGTHS)
+        for k in gr.params:
+            np.testing.assert_allclose(gc.params[k], gr.params[k], **TIGHT, err_msg=k)
+        for k in gr.inputs:
+            np.testing.assert_allclose(gc.inputs[k], gr.inputs[k], **TIGHT, err_msg=k)
+
     # tanh(b) is computed inside the step, so BPTT reduces its cotangent over the batch there
     IN_STEP_REDUCTION = """cell c(x[I]) -> h[H] {
   param W[I, H] = glorot
@@ -229,13 +275,18 @@ model m(H, F) {
         assert sum(x.op == "matmul" for x in step.eqns) == 2
         check_pair(cu, cp, seed=7)
 
-    @settings(max_examples=3, deadline=None)
-    @given(src=cell_sources(), d=data())
-    def test_random_cells_match_the_interpreter(src: str, d: Data, cache_dir: Path) -> None:
-        """Random cells (test_properties' strategy) against the reference interpreter, which
-        test_targets holds equal to the CPU target; compiling each on the CPU costs ~10 s."""
-        cu = rnnlang.compile(src, target="cuda", dtype="float64", cache_dir=cache_dir)
-        ref = rnnlang.compile(src, target="reference", dtype="float64", cache_dir=cache_dir)
+    @settings(max_examples=4, deadline=None)
+    @given(src=cell_sources(), d=data(), optimize=st.booleans())
+    def test_random_cells_match_the_interpreter(src: str, d: Data, optimize: bool,
+                                                cache_dir: Path) -> None:
+        """Random cells (test_properties' strategy), with or without the passes, against the
+        reference interpreter, which test_targets holds equal to the CPU target; compiling each
+        on the CPU would cost ~10 s."""
+        off = () if optimize else NO_PASSES
+        cu = rnnlang.compile(src, target="cuda", dtype="float64", cache_dir=cache_dir,
+                             disable_passes=off)
+        ref = rnnlang.compile(src, target="reference", dtype="float64", cache_dir=cache_dir,
+                              disable_passes=off)
         rng = np.random.default_rng(d.seed)
         lengths = np.resize(d.lengths, B)
         x = rng.standard_normal((d.T, B, F))
