@@ -19,6 +19,7 @@ import numpy as np
 
 from rnnlang.diagnostics import error
 from rnnlang.ir.nodes import Program
+from rnnlang.ir.types import BATCH
 from rnnlang.runtime import Bound
 
 if TYPE_CHECKING:
@@ -58,6 +59,25 @@ def cuda_source(model: Model) -> str:
     return emit_cuda_module(programs, dtype=model.options.dtype, source_name=model.source_name,
                             source_text=model.source_text,
                             passes=tuple(model.pass_log.applied))[0]
+
+
+def device_bytes(prog: Program, dims: Mapping[str, int], itemsize: int) -> int:
+    """An upper bound of the device memory one call of a driver allocates: every value outside
+    the scans, plus every per-step value inside them (per-row ones once, the others once per
+    block, at most one block per batch row). Nothing is freed during a call."""
+    def size(shape: tuple[Any, ...]) -> int:
+        return int(np.prod([d.evaluate(dims) for d in shape], dtype=np.int64))
+
+    total = sum(size(v.shape) for v in prog.input_vars + prog.param_vars)
+    for e in prog.eqns:
+        total += sum(size(v.shape) for v in e.outputs)
+        spec = e.attr("scan")
+        if spec is not None:
+            for x in spec.body.eqns:
+                for v in x.outputs:
+                    rows = 1 if v.shape[:1] == (BATCH,) else dims.get("B", 1)
+                    total += size(v.shape) * rows
+    return total * itemsize
 
 
 def is_device_array(x: Any) -> bool:
@@ -151,8 +171,19 @@ class CudaExecutor:
         outputs as device arrays: nothing is copied back (benchmarks, device pipelines)."""
         return self._call(fn, b, extra)
 
+    def check_memory(self, fn: str, dims: Mapping[str, int]) -> None:
+        """A clear error before anything is allocated when the call cannot fit on the GPU."""
+        need = device_bytes(self.programs[fn], dims, self.m.dtype.itemsize)
+        free = float(self.cuda.current_context().get_memory_info().free)
+        if need > free:
+            raise error("E601", f"this call needs up to {need / 2**20:.0f} MiB of GPU memory, "
+                        f"and {free / 2**20:.0f} MiB are free", None,
+                        hint="split the batch or the sequences (the size limits of the CPU "
+                        "target apply too)")
+
     def _call(self, fn: str, b: Bound, extra: Mapping[str, Any]) -> list[Any]:
         prog: Program = self.programs[fn]
+        self.check_memory(fn, b.dims)
         vals: dict[str, Any] = dict(self.device_params())
         vals.update(b.values)
         vals.update(extra)

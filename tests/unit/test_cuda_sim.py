@@ -357,6 +357,30 @@ model m(H, F) {
         assert ex.uploads == first + 1
         np.testing.assert_allclose(y1, y0 + 1.0, **TIGHT)
 
+    def test_calls_too_big_for_the_gpu_fail_before_allocating(
+            cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        from collections import namedtuple
+
+        from numba import cuda
+        m = rnnlang.compile(TAGGER, target="cuda", dtype="float64", cache_dir=cache_dir, H=H,
+                            O=2)
+        x = np.random.default_rng(8).standard_normal((T, B, F))
+        m.forward({"x": x})
+        ex: CudaExecutor = m._executor()
+        info = namedtuple("info", "free total")
+        ctx = cuda.current_context()
+        monkeypatch.setattr(type(ctx), "get_memory_info", lambda self: info(1000.0, 1000.0))
+        allocated = []
+        monkeypatch.setattr(cuda, "device_array", lambda *a, **k: allocated.append(a))
+        with pytest.raises(rnnlang.RnnUserError, match="MiB of GPU memory"):
+            m.forward({"x": x})
+        assert not allocated
+        # the bound is real: at least the residuals that BPTT keeps, (T, B, H) each
+        need = ex.programs["forward_train"]
+        from rnnlang.executors_cuda import device_bytes
+        assert device_bytes(need, {"B": B, "H": H, "F": F, "O": 2, "T:x": T}, 8) > \
+            10 * T * B * H * 8
+
     def test_one_fit_step_on_cuda_equals_one_on_cpu(cache_dir: Path) -> None:
         from rnnlang.train import TrainConfig, fit
         cu, cp = compile_pair(TAGGER, cache_dir, H=H, O=2)
