@@ -165,6 +165,8 @@ class Model:
         if self.options.target == "cuda":  # device arrays stay where they are
             from rnnlang.executors_cuda import split_device_inputs
             given, device = split_device_inputs(given, self.dtype)
+            initial, dev_states = split_device_inputs(initial or {}, self.dtype)
+            device.update(dev_states)
         bound = bind_inputs(self.program, self.static, given, lengths, initial, self.dtype)
         bound.values.update(device)
         if not self.params:

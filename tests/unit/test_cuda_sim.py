@@ -338,6 +338,13 @@ model m(H, F) {
         np.testing.assert_allclose(g_dev.inputs["x"], g_host.inputs["x"], **TIGHT)
         with pytest.raises(rnnlang.RnnUserError, match="float64"):
             cu.forward({"x": cuda.to_device(x.astype(np.float32))}, lengths=LENGTHS)
+        # initial states too
+        h0 = {s: np.random.default_rng(4).standard_normal((B, H)) for s in cu.state_names}
+        with_host = cu.forward({"x": dx}, lengths=LENGTHS, initial=h0)["y"]
+        with_dev = cu.forward({"x": dx}, lengths=LENGTHS,
+                              initial={k: cuda.to_device(v) for k, v in h0.items()})["y"]
+        np.testing.assert_allclose(with_dev, with_host, **TIGHT)
+        assert not np.allclose(with_host, host)
 
     def test_parameters_are_uploaded_only_when_changed(cache_dir: Path) -> None:
         cu = rnnlang.compile(TAGGER, target="cuda", dtype="float64", cache_dir=cache_dir, H=H,
