@@ -38,9 +38,15 @@ class Home:
     offset: str = ""
     cond: str = ""
     alt: Home | None = None
+    flat: tuple[str, ...] | None = None  # sizes of a value stored flattened (row-major)
 
     def at(self, index: list[str]) -> str:
         raw = index
+        if self.flat is not None:  # one linear index; the offset adds to it (last stride 1)
+            lin = ""
+            for k, i in enumerate(index):
+                lin = i if k == 0 else f"({lin}) * {self.flat[k]} + {i}"
+            index = [lin or "0"]
         if self.offset:
             index = index[:-1] + [f"{index[-1]} + {self.offset}"]
         parts = list(self.prefix) + index
@@ -109,6 +115,29 @@ def kinds(spec: ScanSpec) -> tuple[dict[str, str], bool]:
         if kind[v.name] == "part" and not isinstance(ob, SumTo):
             single = True
     return kind, single
+
+
+def _concat_in_place(eqns: tuple[Eqn, ...], excluded: set[str]) -> set[str]:
+    """Concat parts that their pointwise producers can write straight into the concat's home
+    (as the CPU target does): each part is produced by a pointwise op, read by nothing but
+    this one concat, and has no home of its own."""
+    producers = {x.outputs[0].name for x in eqns if OPS[x.op].pointwise}
+    uses: dict[str, int] = {}
+    for x in eqns:
+        for v in x.inputs:
+            if isinstance(v, Var):
+                uses[v.name] = uses.get(v.name, 0) + 1
+    done: set[str] = set()
+    for x in eqns:
+        if x.op != "concat":
+            continue
+        names = [v.name for v in x.inputs if isinstance(v, Var)]
+        if len(names) != len(x.inputs) or len(set(names)) != len(names) or any(
+                n not in producers or n in excluded or n in done or uses[n] != 1
+                for n in names):
+            continue
+        done.update(names)
+    return done
 
 
 def _time(off: int) -> str:
@@ -185,20 +214,49 @@ def emit_scan(f: _Fn, ks: Kernels, fn: str, syms: tuple[str, ...], e: Eqn) -> No
         if not OPS[x.op].pointwise:
             live.update(v.name for v in x.inputs if isinstance(v, Var))
     keep = _keep_set(body.eqns, groups, live)
+    in_place = _concat_in_place(body.eqns, set(homes) | views)
+    # per-step values with no other home share two workspaces (fewer kernel arguments):
+    # per-row (B, n) values side by side in (B, sum n), the others flattened in (blocks, sum)
     scratch: list[str] = []
+    ws_rows, ws_blk = f.fresh("ws_rows"), f.fresh("ws_blocks")
+    cols, flat = Dim(), "0"
+    layout: list[str] = []
     for x in body.eqns:
         out = x.outputs[0]
-        if x.op == "slice" or out.name in homes:
+        if x.op == "slice" or out.name in homes or out.name in in_place:
             continue
         if out.name in keep or not OPS[x.op].pointwise:
-            s = f.id(out)
-            scratch.append(s)
-            if kind[out.name] == "row":
-                w.line(f"{s} = cuda.device_array({f.shape(out.shape)}, DTYPE)")
-                homes[out.name] = Home(s)
+            if kind[out.name] == "row" and len(out.shape) == 2:
+                homes[out.name] = Home(ws_rows, offset=f.dim(cols) if cols != Dim() else "")
+                layout.append(f"{ws_rows}[:, {f.dim(cols)}:{f.dim(cols + out.shape[1])}] "
+                              f"holds {out.name}")
+                cols = cols + out.shape[1]
+            elif kind[out.name] == "row":  # rare (B, n, m): an array of its own
+                scratch.append(f.id(out))
+                w.line(f"{f.id(out)} = cuda.device_array({f.shape(out.shape)}, DTYPE)")
+                homes[out.name] = Home(f.id(out))
             else:
-                w.line(f"{s} = cuda.device_array(({grid},) + {f.shape(out.shape)}, DTYPE)")
-                homes[out.name] = Home(s, ("_blk",))
+                dims = tuple(cx(f.dim(d)) for d in out.shape)
+                homes[out.name] = Home(ws_blk, ("_blk",), offset="" if flat == "0" else flat,
+                                       flat=dims)
+                size = " * ".join(dims) or "1"
+                layout.append(f"{ws_blk}[block, {flat}:] holds {out.name} {f.shape(out.shape)}"
+                              ", flattened")
+                flat = size if flat == "0" else f"{flat} + {size}"
+    for x in body.eqns:  # producers of in-place concat parts write into the concat's home
+        if x.op == "concat" and all(getattr(v, "name", "") in in_place for v in x.inputs):
+            off = Dim()
+            for v in x.inputs:
+                assert isinstance(v, Var)
+                base = homes[x.outputs[0].name]
+                homes[v.name] = base if off == Dim() else base.sliced(cx(f.dim(off)))
+                off = off + v.shape[-1]
+    if cols != Dim():
+        scratch.append(ws_rows)
+        w.line(f"{ws_rows} = cuda.device_array(({nb}, {f.dim(cols)}), DTYPE)")
+    if flat != "0":
+        scratch.append(ws_blk)
+        w.line(f"{ws_blk} = cuda.device_array(({grid}, {flat}), DTYPE)")
 
     def rows_of(v: Var, axis: int) -> str:
         if axis == 0 and kind.get(v.name) == "row":
@@ -214,6 +272,8 @@ def emit_scan(f: _Fn, ks: Kernels, fn: str, syms: tuple[str, ...], e: Eqn) -> No
     kw.line()
     kw.line("@cuda.jit(cache=True)")
     with kw.block(f"def {name}({', '.join(args)}):"):
+        for text in layout:
+            kw.comment(text)
         kw.line("_blk = cuda.blockIdx.x")
         kw.line("_tid = cuda.threadIdx.x")
         kw.line("_nth = cuda.blockDim.x")
@@ -238,6 +298,9 @@ def emit_scan(f: _Fn, ks: Kernels, fn: str, syms: tuple[str, ...], e: Eqn) -> No
                         homes[base.name].sliced(cx(f.dim(start)))
                     kind[out.name] = kind[base.name]
                     continue
+                if x0.op == "concat" and all(isinstance(v, Var) and v.name in in_place
+                                             for v in x0.inputs):
+                    continue  # its parts were written in place
                 depth = kw.depth
                 idx = _loop(kw, f, out.shape, kind[out.name])
                 if OPS[x0.op].pointwise:
