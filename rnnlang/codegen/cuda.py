@@ -24,7 +24,8 @@ from rnnlang.ir.ops import OPS
 from rnnlang.ir.types import Dim
 
 # kernel-local names; identifiers made from user names never start with "_"
-KERNEL_LOCALS = {"_e", "_q", "_acc", "_k", "_r", "_blk", "_tid", "_nth", "_r0", "_nr", "_s",
+KERNEL_LOCALS = {"_e", "_q", "_acc", "_a0", "_a1", "_a2", "_a3", "_k", "_r", "_blk", "_tid",
+                 "_nth", "_r0", "_nr", "_s",
                  "_n", "_j", "_m", "_v", "cuda", "K", "launch", "rows"}
 _MASKED = {"last", "last_vjp", "mean", "mean_vjp", "reverse"}
 
@@ -110,13 +111,26 @@ def emit_element(c: Ctx, w: CodeWriter, e: Eqn, idx: list[str], out_ref: str) ->
     ins = [x for x in e.inputs if isinstance(x, Var)]
     match e.op:
         case "matmul" | "matmul_nt":
+            # four independent accumulators: a serial chain of dependent FMAs is what bounds
+            # a thread's dot product (GPU.md); the remainder goes to the first one
             x, wt = ins
-            nk = x.shape[-1]
-            w.line("_acc = _ZERO")
-            with w.block(f"for _k in range({f.dim(nk)}):"):
-                wi = ["_k", idx[-1]] if e.op == "matmul" else [idx[-1], "_k"]
-                w.line(f"_acc += {c.at(x, idx[:-1] + ['_k'])} * {c.at(wt, wi)}")
-            w.line(f"{out_ref} = _acc")
+            nk = cx(f.dim(x.shape[-1]))
+
+            def term(k: str) -> str:
+                wi = [k, idx[-1]] if e.op == "matmul" else [idx[-1], k]
+                return f"{c.at(x, idx[:-1] + [k])} * {c.at(wt, wi)}"
+
+            w.line("_a0 = _ZERO")
+            w.line("_a1 = _ZERO")
+            w.line("_a2 = _ZERO")
+            w.line("_a3 = _ZERO")
+            with w.block(f"for _k in range(0, {nk} - 3, 4):"):
+                w.line(f"_a0 += {term('_k')}")
+                for j in (1, 2, 3):
+                    w.line(f"_a{j} += {term(f'_k + {j}')}")
+            with w.block(f"for _k in range({nk} - {nk} % 4, {nk}):"):
+                w.line(f"_a0 += {term('_k')}")
+            w.line(f"{out_ref} = (_a0 + _a1) + (_a2 + _a3)")
         case "matmul_tn":
             x, g = ins
             lead = [f"_x{k}" for k in range(len(x.shape) - 1)]
