@@ -1027,10 +1027,17 @@ def compile_or_skip(st: RunState, be: Backend, pb: Problem, mode: str) -> bool:
     reason = st.gate.skip_reason(pb.cell, mode, pb.T)
     secs = None
     if reason is None:
-        secs = first_call_within(getattr(be, mode), st.args.compile_limit)
+        t0 = time.perf_counter()
+        try:
+            secs = first_call_within(getattr(be, mode), st.args.compile_limit)
+        except Exception as exc:  # noqa: BLE001 - e.g. inductor's RecursionError at T=1000
+            msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            reason = (f"torch.compile failed after {time.perf_counter() - t0:.0f} s: "
+                      f"{type(exc).__name__}: {msg}")
         st.gate.record(pb.cell, mode, pb.T, secs)
-        if secs is None:
+        if secs is None and reason is None:
             reason = f"compile ran past {st.args.compile_limit:g} s"
+        if secs is None:
             torch._dynamo.reset()
     if reason is not None:
         st.skips.append({"case": pb.case, "cell": pb.cell, "mode": mode, "backend": be.name,

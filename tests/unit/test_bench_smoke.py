@@ -128,6 +128,8 @@ def test_first_call_limit_and_compile_gate(bench: ModuleType) -> None:
     assert time.perf_counter() - t0 < 2
     secs = bench.first_call_within(lambda: None, 5)
     assert secs is not None and secs < 1
+    with pytest.raises(ZeroDivisionError):  # failures are the caller's to report
+        bench.first_call_within(lambda: 1 / 0, 5)
     gate = bench.CompileGate(100.0)
     assert gate.skip_reason("lstm", "fwd", 50) is None
     gate.record("lstm", "fwd", 50, 40.0)
@@ -343,3 +345,25 @@ def test_torch_loop_gradients_match_rnnlang() -> None:
     assert res.errors["fwd"]["torch-loop"] < 1e-12
     assert res.errors["fwdbwd"]["torch-loop"] < 1e-10
     assert not res.mismatches
+
+
+def test_a_failing_torch_compile_is_a_skip_not_a_crash(bench: ModuleType) -> None:
+    """torch.compile can fail outright (inductor hit its recursion limit on the unrolled
+    T=1000 backward): the case is skipped with the reason, and the run goes on."""
+    import argparse
+
+    class Failing(bench.Backend):
+        name = "torch-compile"
+
+        def fwd(self) -> None:
+            raise RecursionError("maximum recursion depth exceeded")
+
+    args = argparse.Namespace(compile_limit=5.0)
+    st = bench.RunState(args, "", io.StringIO(), [], np.random.default_rng(0),
+                        bench.GemmTable(0), bench.CompileGate(5.0))
+    pb = bench.Problem("long", 1000, 1, 2, "elman", np.zeros(1), np.zeros(1), {})
+    if bench.torch is None:
+        pytest.skip("torch is not installed")
+    assert bench.compile_or_skip(st, Failing(), pb, "fwd") is False
+    assert len(st.skips) == 1 and "RecursionError" in st.skips[0]["reason"]
+    assert "failed" in st.out.getvalue()
