@@ -13,6 +13,7 @@ import keyword
 import re
 from dataclasses import dataclass, field
 
+from rnnlang.codegen.outline import Outlined
 from rnnlang.codegen.writer import CodeWriter
 from rnnlang.diagnostics import InternalCompilerError
 from rnnlang.ir.nodes import (
@@ -89,6 +90,7 @@ class _Fn:
     locals: dict[str, str] = field(default_factory=dict)  # scalar temporaries in a fused loop
     dtype: str = "float64"
     consts: dict[float, str] = field(default_factory=dict)  # module-level typed constants
+    outlined: Outlined | None = None  # time loops moved into shared functions (None: inline)
 
     def const(self, value: float) -> str:
         """A module-level constant of the program's dtype, so float32 code stays float32."""
@@ -341,9 +343,10 @@ JIT = '@njit(cache=True, nogil=True, fastmath=kernels.FASTMATH, error_model="num
 
 
 def emit_function(w: CodeWriter, fn_name: str, prog: Program, dtype: str,
-                  consts: dict[float, str]) -> tuple[str, ...]:
-    """Emit ``fn_name(params..., inputs..., dims)``; returns the symbol order of ``dims``."""
-    f = _Fn(w, dtype=dtype, consts=consts)
+                  consts: dict[float, str], outlined: Outlined | None = None) -> tuple[str, ...]:
+    """Emit ``fn_name(params..., inputs..., dims)``; returns the symbol order of ``dims``.
+    With ``outlined``, each time loop becomes a call of a shared function collected there."""
+    f = _Fn(w, dtype=dtype, consts=consts, outlined=outlined)
     syms = symbols_of(prog)
     for s in syms:
         f.syms[s] = f.id(f"#size {s}", internal="n_" + re.sub(r"\W", "_", s))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 
 from rnnlang import __version__
-from rnnlang.codegen.cpu import emit_function
+from rnnlang.codegen.cpu import JIT, emit_function
+from rnnlang.codegen.outline import Outlined
 from rnnlang.codegen.writer import CodeWriter
 from rnnlang.ir.nodes import Program
 
@@ -37,11 +38,13 @@ def emit_cpu_module(programs: dict[str, Program], *, dtype: str, source_name: st
     body = CodeWriter()
     consts: dict[float, str] = {}
     syms = {}
+    loops = Outlined(JIT)
     for name, prog in programs.items():
         body.line()
         body.line()
-        syms[name] = emit_function(body, name, prog, dtype, consts)
+        syms[name] = emit_function(body, name, prog, dtype, consts, loops)
     for value, cname in sorted(consts.items(), key=lambda kv: kv[1]):
         w.line(f"{cname} = DTYPE({value!r})")
+    loops.emit(w)  # the time loops, each once, before the functions that call them
     w.lines.extend(body.lines)
     return w.source(), syms

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rnnlang.codegen.cpu import _Fn, _groups, _keep_set, _ref, _sum_to, _View, emit_pointwise_group
+from rnnlang.codegen.outline import outline_loop
 from rnnlang.diagnostics import InternalCompilerError
 from rnnlang.ir.nodes import ConstRef, Eqn, ScanSpec, Store, SumTo, Tap, Var
 from rnnlang.ir.ops import OPS
@@ -106,6 +107,7 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
                 scratch[a.name] = f.fresh(f"{a.name}_c")
                 w.line(f"{scratch[a.name]} = np.empty({f.shape(a.shape)}, DTYPE)")
     steps = f"range({T} - 1, -1, -1)" if spec.reverse else f"range({T})"
+    start = len(w.lines)
     with w.block(f"for t in {steps}:"):
         for v, b in taps:
             src = (f.id(e.inputs[b.source[1]]) if b.source[0] == "in"  # type: ignore[arg-type]
@@ -127,6 +129,9 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
             else:
                 _body_op(f, g[0], scratch)
         _stores(f, spec, arrays, sums, spills, T, direct)
+    if f.outlined is not None:
+        outline_loop(w, start, f"{'reverse' if spec.reverse else 'forward'} time loop: "
+                     f"{e.comment or 'scan'}", f.outlined)
 
 
 def _concat_in_place(f: _Fn, eqns: tuple[Eqn, ...], excluded: set[str]) -> set[str]:

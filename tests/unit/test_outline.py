@@ -1,0 +1,63 @@
+"""Time loops outlined into shared functions (`rnnlang.codegen.outline`): one compiled loop
+per distinct loop, whatever the number of identical layers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+import rnnlang
+from rnnlang.codegen.outline import Outlined, outline_loop
+from rnnlang.codegen.writer import CodeWriter
+
+STACK = """
+model m(H = 5, F = 3) {
+  input x: seq[F]
+  h = stack(gru(H), 3) over x
+  output y = h
+}
+"""
+
+
+def test_identical_layers_share_one_loop(cache_dir: Path) -> None:
+    m = rnnlang.compile(STACK, cache_dir=cache_dir, dtype="float64")
+    src = m._executor().source
+    loops = re.findall(r"^def (_loop_\d+)\(", src, re.M)
+    assert len(loops) == 3  # forward, forward_train, backward: one loop each
+    for fn in ("forward", "forward_train", "backward"):
+        body = src.split(f"\ndef {fn}(")[1].split("\ndef ")[0]
+        calls = re.findall(r"^\s+(_loop_\d+)\(", body, re.M)
+        assert len(calls) == 3 and len(set(calls)) == 1, (fn, calls)
+        assert "for t in" not in body  # the time loop lives in the shared function
+    ref = rnnlang.compile(STACK, target="reference", dtype="float64")
+    ref.params = {k: v.copy() for k, v in m.params.items()}
+    x = np.random.default_rng(0).normal(size=(4, 2, 3))
+    cot = {"y": np.ones((4, 2, 5))}
+    a, b = m.vjp({"x": x}, cot), ref.vjp({"x": x}, cot)
+    for k in b.params:
+        np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-10, atol=1e-12)
+
+
+def _writer(text: str) -> CodeWriter:
+    w = CodeWriter()
+    w.line("def f(a, n):")
+    w.depth = 1
+    w.lines.extend("    " + line for line in text.strip("\n").splitlines())
+    return w
+
+
+def test_loops_reading_outer_values_of_their_own_names_stay_inline() -> None:
+    out = Outlined("@njit")
+    w = _writer("for t in range(n):\n    s = s + a[t]\n")
+    assert not outline_loop(w, 1, "loop", out) and not out.functions
+    w = _writer("for t in range(n):\n    s += a[t]\n")
+    assert not outline_loop(w, 1, "loop", out)
+    w = _writer("for t in range(n):\n    s = a[t]\n    a[t] = s * K_2_0\n")
+    assert outline_loop(w, 1, "loop", out)
+    assert w.lines[-1] == "    _loop_0(n, a)"  # K_2_0 is a module constant: not a parameter
+    w2 = _writer("for t in range(n):\n    u = a[t]\n    a[t] = u * K_2_0\n")
+    assert outline_loop(w2, 1, "loop", out) and len(out.functions) == 1  # same up to names
+    w3 = _writer("for t in range(n):\n    u = a[t]\n    a[t] = u * K_3_0\n")
+    assert outline_loop(w3, 1, "loop", out) and len(out.functions) == 2
