@@ -126,11 +126,10 @@ model m(H = 6, F = 3) {
 """
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_threads_match_one_thread(cache_dir: Path, dtype: str,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_threads_match_one_thread(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU target on 3 threads (uneven slices of 13 rows, padded sequences) gives one
-    thread's outputs and gradients up to rounding."""
+    thread's outputs and gradients up to rounding (float64: one JIT compile is enough)."""
+    dtype = "float64"
     one = rnnlang.compile(SPEC, dtype=dtype, cache_dir=cache_dir, threads=1)
     three = rnnlang.compile(SPEC, dtype=dtype, cache_dir=cache_dir, threads=3)
     three.params = {k: v.copy() for k, v in one.params.items()}
@@ -145,7 +144,7 @@ def test_threads_match_one_thread(cache_dir: Path, dtype: str,
     assert ex._parts("forward_train", b, True) == [(0, 4), (4, 8), (8, 13)]
     cot = {"y": rng.normal(size=(9, 13, 2)).astype(dtype),
            "z": rng.normal(size=(13, 12)).astype(dtype)}
-    tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=2e-4, atol=2e-5)
+    tol = dict(rtol=1e-10, atol=1e-12)
     a, b = one.vjp({"x": x}, cot, lengths=lens), three.vjp({"x": x}, cot, lengths=lens)
     for k in a.params:
         np.testing.assert_allclose(b.params[k], a.params[k], **tol, err_msg=k)
