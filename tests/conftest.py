@@ -42,3 +42,20 @@ def golden(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
         assert text == path.read_text(), f"output differs from {path}"
 
     return check
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the CUDA-simulator subprocess of test_cuda_sim.py as soon as it is known to be
+    selected, so that it runs alongside the rest of the suite."""
+    for item in items:
+        if item.name == "test_cuda_target_in_the_simulator":
+            start = getattr(item.module, "start_simulator_run", None)
+            if start is not None:
+                config._rnnlang_cudasim = start()  # type: ignore[attr-defined]
+            return
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    started = getattr(config, "_rnnlang_cudasim", None)
+    if started is not None and started[0].poll() is None:
+        started[0].kill()  # the run was interrupted before the test collected it
