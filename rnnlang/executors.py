@@ -14,8 +14,17 @@ import numpy as np
 
 from rnnlang.interp import run_program
 from rnnlang.ir.nodes import Program
-from rnnlang.ir.rows import ROW, SUM, RowPlan, row_flops, row_plan
-from rnnlang.parallel import MIN_FLOPS, MIN_ROWS, Pool, default_threads, join, slices, take
+from rnnlang.ir.rows import ROW, SUM, RowPlan, row_flops, row_plan, step_gemm_flops
+from rnnlang.parallel import (
+    MIN_FLOPS,
+    MIN_ROWS,
+    WIDE_GEMM_FLOPS,
+    Pool,
+    default_threads,
+    join,
+    slices,
+    take,
+)
 from rnnlang.runtime import Bound
 
 if TYPE_CHECKING:
@@ -83,11 +92,22 @@ class CpuExecutor:
         return list(getattr(self.module, fn)(*[vals[v.name] for v in prog.param_vars
                                                + prog.input_vars], d))
 
-    def _limited(self) -> Any:
-        return self._limit() if self._limit is not None else nullcontext()
+    def _limited(self, parts: list[tuple[int, int]] | None = None) -> Any:
+        if self._limit is None:
+            return nullcontext()
+        return self._limit(self.pool.threads if parts == [] else None)
+
+    def _wide(self, fn: str, b: Bound) -> bool:
+        """Whether this call's per-step GEMMs are big enough to share between BLAS threads."""
+        return self.pool.threads > 1 and step_gemm_flops(self.programs[fn],
+                                                         b.dims) >= WIDE_GEMM_FLOPS
 
     def _parts(self, fn: str, b: Bound, split: bool) -> list[tuple[int, int]]:
+        """Batch slices for this call; ``[]`` for one whole-batch call with BLAS on every
+        thread (large per-step GEMMs: `rnnlang.parallel.WIDE_GEMM_FLOPS`)."""
         batch = b.dims.get("B", 1)
+        if self._limit is not None and self._wide(fn, b):
+            return []
         if not split or self.pool.threads == 1 or batch < 2 * MIN_ROWS or row_flops(
                 self.programs[fn], b.dims) * batch < MIN_FLOPS:
             return [(0, batch)]
@@ -107,8 +127,8 @@ class CpuExecutor:
 
     def forward(self, b: Bound) -> list[np.ndarray]:
         parts = self._parts("forward", b, self.split_forward)
-        with self._limited():
-            if len(parts) == 1:
+        with self._limited(parts):
+            if len(parts) <= 1:
                 return self._run("forward", b.dims, {**self.m.params, **b.values})
             res = self.pool.map(lambda k: self._run("forward", *self._sliced(
                 "forward", parts[k], b, b.values, self.m.params)), len(parts))
@@ -119,9 +139,18 @@ class CpuExecutor:
         g = self.m.grad_programs()
         n = len(self.m.program.outputs)
         parts = self._parts("forward_train", b, self.split_train)
-        with self._limited():
-            fwd = self.pool.map(lambda k: self._run("forward_train", *self._sliced(
-                "forward_train", parts[k], b, b.values, self.m.params)), len(parts))
+        mode = parts
+        if not parts:  # one whole-batch call with wide BLAS
+            parts = [(0, b.dims.get("B", 1))]
+
+        def ahead(k: int) -> list[np.ndarray]:
+            if len(parts) == 1:
+                return self._run("forward_train", b.dims, {**self.m.params, **b.values})
+            return self._run("forward_train", *self._sliced(
+                "forward_train", parts[k], b, b.values, self.m.params))
+
+        with self._limited(mode):
+            fwd = self.pool.map(ahead, len(parts))
         plan = self.plans["forward_train"]
         outs = fwd[0][:n] if len(parts) == 1 else join(fwd, plan)[:n]  # type: ignore[arg-type]
         cots = {c.name: s for c, s in zip(g.cotangents, seeds(outs), strict=True)}
@@ -134,7 +163,7 @@ class CpuExecutor:
             return self._run("backward", *self._sliced(
                 "backward", parts[k], b, {**b.values, **cots}, {**self.m.params, **res}))
 
-        with self._limited():
+        with self._limited(mode):
             grads = self.pool.map(back, len(parts))
         return outs, grads[0] if len(parts) == 1 else join(
             grads, self.plans["backward"])  # type: ignore[arg-type]
@@ -177,7 +206,7 @@ def _blas_limiter(threads: int | None) -> Callable[[], Any] | None:
     libs = ctl.select(filepath=scipy_paths) if scipy_paths else ctl.select(user_api="blas")
     if not libs.lib_controllers:
         return None
-    return lambda: libs.limit(limits=threads)
+    return lambda wide=None: libs.limit(limits=wide or threads)
 
 
 def check_cuda_available() -> None:

@@ -150,6 +150,7 @@ def grad_program(prog: Program) -> GradPrograms:
         grads.append(g)
     defined = {v.name for e in b.eqns for v in e.outputs} | {g.name for g in seeds}
     primal = {v.name for v in prog.input_vars + prog.param_vars}
+    _recompute_from_params(prog, b, defined)
     residuals: dict[str, Var] = {}
     for e in b.eqns:
         for x in e.inputs:
@@ -162,6 +163,25 @@ def grad_program(prog: Program) -> GradPrograms:
     bwd = replace(prog, name=prog.name + "_bptt", inputs=bwd_inputs, eqns=tuple(b.eqns),
                   outputs=tuple(grads), output_names=tuple(f"d:{v.name}" for v in wrt))
     return GradPrograms(fwd, bwd, tuple(residuals.values()), tuple(seeds), tuple(wrt))
+
+
+_PARAM_OPS = frozenset({"concat", "slice", "pad", "neg", "identity", "add", "sub", "mul"})
+
+
+def _recompute_from_params(prog: Program, b: Builder, defined: set[str]) -> None:
+    """Values the backward program reads that are cheap rearrangements of parameters (the
+    ``[Wf | Wh]`` weight that gate fusion builds) are rebuilt there rather than handed over as
+    residuals: parameter-sized storage that would dominate BPTT memory at small sizes."""
+    params = {v.name for v in prog.param_vars}
+    read = {x.name for e in b.eqns for x in e.inputs if isinstance(x, Var)}
+    redo = []
+    for e in prog.eqns:
+        if (len(e.outputs) == 1 and e.outputs[0].name in read and e.op in _PARAM_OPS
+                and e.outputs[0].name not in defined
+                and all(isinstance(x, Const) or x.name in params for x in e.inputs)):
+            redo.append(e)
+            defined.add(e.outputs[0].name)
+    b.eqns[:0] = redo
 
 
 def _scan_vjp(e: Eqn, gs: list[Var | None], top: Builder) -> tuple[Eqn, list[Var | None]]:
@@ -208,6 +228,80 @@ def _recompute_invariants(body: Region, rb: Builder) -> None:
         rb.eqns[:0] = pre
 
 
+# Pointwise ops cheap enough to redo in the reverse body instead of storing their result per
+# step (no transcendental functions: those cost more to recompute than to load).
+_REMAT_OPS = frozenset({"add", "sub", "mul", "neg", "select", "identity"})
+
+
+def _economize(body: Region, spec: ScanSpec, rb: Builder, needed: dict[str, Var],
+               stored: dict[str, int]) -> dict[str, Var]:
+    """Store fewer per-step residuals; returns what the reverse body still reads.
+
+    Two rewrites, both exact:
+
+    * **alias through a select**: a value ``v`` whose only use is ``u = select(m, v, p)``
+      with ``u`` stored (a masked state update) is read back from ``u``'s array. Where the
+      select picked ``v`` the two are equal; where it picked ``p``, ``v``'s cotangent is exactly
+      zero (the select's VJP), and every use of ``v`` in the reverse body is a VJP, linear in
+      that cotangent, so the value read there does not matter (it is the finite ``p``).
+    * **recompute cheap pointwise values** (``1 - f``, ``1 - z``) in the reverse body from
+      values it reads anyway, instead of storing them (the BPTT storage lever of issue 5).
+      Matmul operands (mgu's ``f * h[t-1]``) stay stored, so that their weight gradient
+      remains one GEMM after the loop.
+    """
+    consumers: dict[str, list[Eqn]] = {}
+    producers: dict[str, Eqn] = {}
+    for x in body.eqns:
+        for v in x.outputs:
+            producers[v.name] = x
+        for v in x.inputs:
+            if isinstance(v, Var):
+                consumers.setdefault(v.name, []).append(x)
+    outputs = {v.name for v in body.outputs}
+    state_taps = {v.name for v, bnd in zip(body.inputs, spec.in_bind, strict=True)
+                  if isinstance(bnd, Tap) and bnd.source[0] == "out"}
+    body_in = {v.name for v in body.inputs}
+    for name in needed:
+        if name in body_in or name in stored or name in outputs:
+            continue
+        uses = consumers.get(name, [])
+        if len(uses) != 1 or uses[0].op != "select":
+            continue
+        sel = uses[0]
+        m, a, c = sel.inputs
+        if (isinstance(m, Var) and m.name == name) or sum(
+                isinstance(x, Var) and x.name == name for x in (a, c)) != 1:
+            continue
+        if sel.outputs[0].name in stored:
+            stored[name] = stored[sel.outputs[0].name]
+    order = {x.outputs[0].name: k for k, x in enumerate(body.eqns)}
+    # a matmul operand stays stored: the weight gradient (operand^T @ cotangent) is then one
+    # GEMM over all steps after the loop (hoist_weight_gradients), not a small GEMM per step
+    gemm_operands = {v.name for x in body.eqns if x.op == "matmul" for v in x.inputs
+                     if isinstance(v, Var)}
+    redo: list[Eqn] = []
+    changed = True
+    while changed:
+        changed = False
+        for name in list(needed):
+            if name in body_in or name in stored or name not in producers:
+                continue
+            p = producers[name]
+            if p.op not in _REMAT_OPS or len(p.outputs) != 1 or name in gemm_operands:
+                continue
+            ins = [v for v in p.inputs if isinstance(v, Var)]
+            if all(v.name != name and (v.name in needed or v.name in stored
+                                       or v.name in state_taps) for v in ins):
+                redo.append(p)
+                del needed[name]
+                for v in ins:
+                    needed.setdefault(v.name, v)
+                changed = True
+    if redo:
+        rb.eqns[:0] = sorted(redo, key=lambda x: order[x.outputs[0].name])
+    return needed
+
+
 def _assemble(e: Eqn, spec: ScanSpec, gs: list[Var | None], top: Builder, rb: Builder,
               cots: _Cots, acc_in: list[Var]) -> tuple[Eqn, list[Var | None]]:
     body = spec.body
@@ -222,6 +316,7 @@ def _assemble(e: Eqn, spec: ScanSpec, gs: list[Var | None], top: Builder, rb: Bu
     body_in = {v.name: (v, bnd) for v, bnd in zip(body.inputs, spec.in_bind, strict=True)}
     stored = {v.name: st.array for v, st in zip(body.outputs, spec.out_bind, strict=True)
               if isinstance(st, Store)}
+    needed = _economize(body, spec, rb, needed, stored)
     # forward scan gains residual arrays for intermediates
     new_arrays = list(spec.arrays)
     new_outs_body = list(body.outputs)

@@ -242,3 +242,26 @@ def row_flops(prog: Program, dims: Mapping[str, int]) -> float:
         return total
 
     return walk(prog.eqns, 1)
+
+
+def step_gemm_flops(prog: Program, dims: Mapping[str, int]) -> float:
+    """Multiply-adds x 2 of the largest product one time step makes for the whole batch: the
+    per-step GEMM that decides whether BLAS threads pay (see `rnnlang.parallel`)."""
+
+    def size(d: Dim) -> int:
+        return dims.get("B", 1) if d == BATCH else d.evaluate(dims)
+
+    best = 0.0
+    for e in prog.eqns:
+        spec = e.attr("scan")
+        if spec is None:
+            continue
+        for x in spec.body.eqns:
+            if x.op in ("matmul", "matmul_nt", "matmul_tn"):
+                a = x.inputs[0]
+                k = a.shape[0] if x.op == "matmul_tn" else a.shape[-1]
+                out = 1
+                for d in x.outputs[0].shape:
+                    out *= size(d)
+                best = max(best, 2.0 * out * size(k))
+    return best

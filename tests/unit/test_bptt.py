@@ -100,11 +100,13 @@ def test_elman_reverse_scan_structure(elman: GradPrograms) -> None:
 
 def test_elman_reverse_body_reads_residuals(elman: GradPrograms) -> None:
     e, spec = reverse_scan(elman.backward)
-    res = {v.name for v in elman.residuals}
-    assert {"z.s", "res.s"} <= res
-    read = {e.inputs[b.source[1]].name for b in spec.in_bind
+    # tanh's output is not stored twice: its only use is the masked update
+    # s_next = select(m, s, s_prev), so the reverse body reads it back from the state array
+    assert [v.name for v in elman.residuals] == ["z.s"]
+    taps = {(v.name, e.inputs[b.source[1]].name, b.offset)
+            for v, b in zip(spec.body.inputs, spec.in_bind, strict=True)
             if isinstance(b, Tap) and b.source[0] == "in"}
-    assert {"res.s", "z.s", "mask.x"} <= read  # tanh output and the previous state
+    assert {("s", "z.s", 0), ("s_prev", "z.s", -1), ("m", "mask.x", 0)} <= taps
     consts = {e.inputs[b.index].name for b in spec.in_bind if isinstance(b, ConstRef)}
     assert "z.Ws" in consts
     # the forward program returns outputs then residuals
@@ -112,7 +114,7 @@ def test_elman_reverse_body_reads_residuals(elman: GradPrograms) -> None:
     assert fwd.output_names[0] == "y"
     assert [n for n in fwd.output_names[1:]] == [f"residual:{v.name}" for v in elman.residuals]
     (fscan,) = [x for x in fwd.eqns if x.op == "scan"]
-    assert [a.name for a in fscan.attr("scan").arrays] == ["s", "res.s"]
+    assert [a.name for a in fscan.attr("scan").arrays] == ["s"]
 
 
 def test_elman_gradient_order(elman: GradPrograms) -> None:
@@ -237,3 +239,33 @@ model m(H=3, F=2) { input x: seq[F]  z = c(H) over x  output y = z }"""
               initial={"z.h0": np.ones((2, 3))})
     # h[t-4] is h0 at every step of a 3-step sequence: dU = sum_t h0^T d(pre-activation)_t
     assert np.all(np.isfinite(g.params["z.U"]))
+
+
+# Per-step floats (per batch row, in units of H) BPTT keeps for each stdlib cell: the
+# minimum of benchmarks/bench_memory.py, plus lstm's tanh(c) (cheaper to load than to
+# recompute) and mgu's f * h[t-1] (a matmul operand: kept so that d Uh stays one GEMM after the
+# loop). 1 - f and 1 - z are recomputed in the reverse body.
+KEPT = {"elman(H)": 1, "mgu(H)": 4, "gru(H)": 5, "lstm(H)": 7}
+
+
+@pytest.mark.parametrize("layer", sorted(KEPT))
+def test_bptt_keeps_only_what_it_must(layer: str) -> None:
+    g = grad_program(optimized(model(layer)))
+    per_step = [v for v in g.residuals if len(v.shape) == 3]
+    assert all(v.shape[-1] == g.forward.outputs[0].shape[-1] for v in per_step)
+    assert len(per_step) == KEPT[layer], [v.name for v in g.residuals]
+    # nothing parameter-sized either: the fused [Wf | Wh] of mgu is rebuilt in backward
+    assert len(per_step) == len(g.residuals), [v.name for v in g.residuals]
+
+
+def test_mgu_reverse_body_recomputes_cheap_values() -> None:
+    """1 - f is rebuilt from f (stored) at the top of the reverse body; f * h[t-1] is stored
+    because it is a matmul operand, so its weight gradient stays a GEMM after the loop.
+    Gradients are checked against finite differences with padded batches in
+    test_gradients.py."""
+    g = grad_program(optimized(model("mgu(H)")))
+    e, spec = reverse_scan(g.backward)
+    lead = spec.body.eqns[0]
+    assert lead.op == "sub" and lead.inputs[1].name == "f"  # type: ignore[union-attr]
+    assert "res.mul" in {v.name for v in g.residuals}
+    assert "res.sub" not in {v.name for v in g.residuals}

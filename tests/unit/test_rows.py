@@ -13,7 +13,7 @@ import rnnlang
 import rnnlang.executors
 from rnnlang.interp import run_program
 from rnnlang.ir.nodes import Eqn, InputInfo, Program, Var
-from rnnlang.ir.rows import ROW, SUM, row_plan
+from rnnlang.ir.rows import ROW, SUM, row_plan, step_gemm_flops
 from rnnlang.ir.types import BATCH, Dim, TensorType
 from rnnlang.parallel import join, slices, take
 
@@ -151,5 +151,23 @@ def test_threads_match_one_thread(cache_dir: Path, monkeypatch: pytest.MonkeyPat
     np.testing.assert_allclose(b.inputs["x"], a.inputs["x"], **tol)
     for k, v in one.forward({"x": x}, lengths=lens).items():
         np.testing.assert_allclose(three.forward({"x": x}, lengths=lens)[k], v, **tol)
+    # large per-step GEMMs: one whole-batch call, BLAS on the 3 threads; same numbers
+    monkeypatch.setattr(rnnlang.executors, "WIDE_GEMM_FLOPS", 0)
+    bound = three._bind({"x": x}, {}, lens, None)
+    assert ex._parts("forward_train", bound, True) == []
+    assert one._executor()._parts("forward_train", bound, True) == [(0, 13)]  # threads=1
+    w = three.vjp({"x": x}, cot, lengths=lens)
+    for k in a.params:
+        np.testing.assert_allclose(w.params[k], a.params[k], **tol, err_msg=k)
+    np.testing.assert_allclose(w.inputs["x"], a.inputs["x"], **tol)
+    for k, v in one.forward({"x": x}, lengths=lens).items():
+        np.testing.assert_allclose(three.forward({"x": x}, lengths=lens)[k], v, **tol)
     with pytest.raises(rnnlang.RnnUserError, match="threads"):
         rnnlang.compile(SPEC, threads=0)
+
+
+def test_step_gemm_flops_is_the_largest_per_step_product() -> None:
+    m = rnnlang.compile("model m(H=6, F=5) { input x: seq[F]  h = lstm(H) over x "
+                        "output y = h }", target="reference")
+    # the hoisted x @ W is outside the loop; the loop's product is h[t-1] (B x H) @ U (H x 4H)
+    assert step_gemm_flops(m.program, {"B": 3, "T:x": 7, **m.static}) == 2 * 3 * 6 * 24
