@@ -21,12 +21,15 @@ from rnnlang.ir.rows import RowPlan
 R = TypeVar("R")
 MIN_ROWS = 4  # fewer rows per slice than this: one thread does better than two
 MIN_FLOPS = 2e7  # a call cheaper than this (~1 ms) loses more to threads than it gains
-# A per-step GEMM at least this big (64 x 512 by 512 x 512, or 32 x 256 by 256 x 1024) is
-# better split by BLAS across threads, one call at a time, than run as two batch slices with
-# 1-thread BLAS each: each thread then packs and reads half the weight matrix per step instead
-# of all of it (a 512 x 2048 float32 U is 4 MB, twice this machine's per-core L2). Measured on
-# the 2-core Xeon, 2026-11-26: LSTM 100x64x512 forward 1.1-1.6x faster, see docs/performance.md.
-WIDE_GEMM_FLOPS = 1.6e7
+# A per-step GEMM at least this big (B x H by H x gates*H: the medium and large benchmark
+# cases) runs as one whole-batch call with BLAS on every thread instead of as batch slices with
+# 1-thread BLAS each: every per-step GEMM and the hoisted ones are split by BLAS, and each
+# thread packs and reads only its share of the weights instead of all of them. Measured
+# interleaved on the 2-core Xeon, 2026-11-27 (docs/performance.md): at T=100, B=32, H=128 the
+# forward 1.2-1.6x and forward+backward 1.05-1.5x faster for lstm, gru, elman and mgu; even with
+# large H (B=64, H=512) equal or up to 1.6x faster; at B=8 (T=1000) mixed, so smaller GEMMs keep
+# the slices. Risk: a busy second core stalls every 2-thread GEMM (the blas_threads note).
+WIDE_GEMM_FLOPS = 1e6
 
 
 def default_threads() -> int:
