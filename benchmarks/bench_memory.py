@@ -19,7 +19,7 @@ first, unmeasured one (JIT and one-time buffers such as OpenBLAS's work area and
 * **residuals**: the exact bytes of the arrays the forward_train program returns for the
   backward program (rnnlang's BPTT storage; arrays that share memory are counted once);
 * **peak RSS growth** of one ``m.vjp`` call: the peak resident set size, reset just before the
-  call through ``/proc/self/clear_refs`` (which also resets ``getrusage().ru_maxrss``), minus
+  call through ``/proc/self/clear_refs`` and read as ``VmHWM`` from ``/proc/self/status``, minus
   the resident size before it. It includes what every training step must also hold besides the
   BPTT storage: the outputs and cotangent-sized temporaries, the input projection (T x B x
   gates*H), the gradients (of x: T x B x F, and of the weights).
@@ -80,9 +80,12 @@ def child(cell: str, T: int, B: int, H: int, cache_dir: str, source: str) -> dic
     gc.collect()
     reset = _reset_peak()
     rss0 = _status_kb("VmRSS") or 0
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not getrusage's ru_maxrss: a child forked from a big parent (bench_cpu.py with
+    # torch and JAX loaded) inherits the parent's ru_maxrss across exec, and clear_refs does
+    # not lower it (measured: 1.6 GB "growth" for a 0.1 MB step)
+    before = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     g = m.vjp({"x": x}, {"y": cot})
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kept = sum(a.nbytes for a in (*g.params.values(), *g.inputs.values(), *g.outputs.values()))
     del g
     # the BPTT storage: the residual outputs forward_train hands to backward (as in
