@@ -50,7 +50,7 @@ class CompileOptions:
     seed: int = 0
     blas_threads: int | None = 1  # BLAS threads while generated code runs; None: leave as is
     stateful: bool = False  # also output every layer's final states (``final:<layer>.<s>``)
-    threads: int | None = None  # cpu: batch slices run in parallel; None: every usable CPU
+    threads: int | None = None  # cpu: batch slices or BLAS threads; None: every usable CPU
 
 
 def parse_program(source_or_path: str | os.PathLike[str]) -> tuple[Module, Path | None]:
@@ -339,8 +339,10 @@ def compile(source_or_path: str | os.PathLike[str], target: str = "cpu",
 
     ``threads`` (cpu target): a call whose batch rows are independent (every model the
     language can write, checked on the IR) runs as up to this many batch slices in parallel,
-    each with its whole time loop; None uses every CPU this process may run on, 1 turns it
-    off. Results are the same up to float rounding (the order of the weight-gradient sums)."""
+    each with its whole time loop; a call whose per-step GEMM is large (the medium benchmark
+    case and up, `rnnlang.parallel.WIDE_GEMM_FLOPS`) instead runs whole, with BLAS on this many
+    threads. None uses every CPU this process may run on, 1 turns both off. Results are the
+    same up to float rounding (the order of the weight-gradient sums)."""
     if threads is not None and not 1 <= threads <= 1024:
         raise error("E604", f"threads must be between 1 and 1024, got {threads}", None)
     if target not in TARGETS:

@@ -54,7 +54,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, help="where generated modules are cached")
     try:
         p.add_argument("--threads", type=_threads, metavar="N",
-                       help="cpu: run batch slices on N threads (default: every usable CPU)")
+                       help="cpu: run batch slices, or BLAS for large per-step GEMMs, on N threads "
+                            "(default: every usable CPU)")
     except argparse.ArgumentError:
         pass  # the command has its own --threads (rnnc bench), which compile() receives too
 
