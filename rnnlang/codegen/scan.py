@@ -189,8 +189,9 @@ def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str]) -> None:
             src = e.inputs[0]
             assert isinstance(src, Var)
             _loop_copy_offset(f, o, src, f.dim(a["start"]))
-        case "concat" if all(isinstance(x, Var) and x.name in f.views for x in e.inputs):
-            pass  # its parts were written in place
+        case "concat" if all(isinstance(x, Var) and x.name in f.views
+                             and f.views[x.name].base == o for x in e.inputs):
+            pass  # its parts were written in place (not merely views: slices of another array)
         case "concat":
             start = None
             for x in e.inputs:

@@ -446,6 +446,37 @@ def test_cpu_matches_reference(src: str, d: Data, cache_dir: Path) -> None:
         close(gc.inputs[k], gr.inputs[k], f"d {k}")
 
 
+CONCAT_OF_SLICES = """
+cell gen(x[I]) -> s[H] {
+  param W[I, H] = glorot
+  param U5[H, H] = glorot
+  param U6[H, H] = glorot
+  param V4[2*H, H] = glorot
+  s = tanh(x @ W + concat(s[t-1] @ U5, s[t-1] @ U6) @ V4)
+}
+model m(H=3, F=2) { input x: seq[F]  z = gen(H) over x  output y = z }
+"""
+
+
+def test_cpu_concat_of_fused_slices(cache_dir: Path) -> None:
+    """Found by test_cpu_matches_reference: gate fusion turns the two products into one
+    (s[t-1] @ [U5 | U6]) and the concat's inputs into slices of it; the CPU loop took the
+    concat for one whose parts had been written in place and never filled its buffer
+    (np.empty: garbage, a different result each run)."""
+    cpu = rnnlang.compile(CONCAT_OF_SLICES, target="cpu", dtype="float64", cache_dir=cache_dir)
+    ref = rnnlang.compile(CONCAT_OF_SLICES, target="reference", dtype="float64")
+    assert "fuse_gate_matmuls" in ref.pass_log.applied
+    d = Data(4, np.array([4, 2, 3]), 7)
+    values, _ = bind(ref.program, d)
+    params = {p.var.name: values[p.var.name] for p in ref.program.params}
+    cpu.params, ref.params = dict(params), dict(params)
+    states = {n: values[n] for n in ref.state_names}
+    fr = ref.forward({"x": values["x"]}, lengths=d.lengths, initial=states)["y"]
+    for _ in range(3):
+        fc = cpu.forward({"x": values["x"]}, lengths=d.lengths, initial=states)["y"]
+        close(fc, fr, "forward y")
+
+
 # ---- fixed cells: the generator's corners, and determinism across processes ------------------------
 FIXED = {
     "delays": """
