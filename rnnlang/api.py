@@ -107,6 +107,7 @@ class Model:
         self.params: dict[str, np.ndarray] = {}
         self._grad: GradPrograms | None = None
         self._exec: Any = None
+        self._param_sizes: dict[tuple[tuple[str, int], ...], dict[str, tuple[int, ...]]] = {}
         if param_dims_known(program, static):
             self.params = init_params(program, static, self.dtype, options.seed)
 
@@ -179,7 +180,11 @@ class Model:
         return bound
 
     def _check_params(self, dims: Mapping[str, int]) -> None:
-        for name, shape in param_sizes(self.program, dims).items():
+        key = tuple(sorted(dims.items()))
+        sizes = self._param_sizes.get(key)
+        if sizes is None:  # evaluating every size per call costs as much as a small call
+            sizes = self._param_sizes[key] = param_sizes(self.program, dims)
+        for name, shape in sizes.items():
             got = self.params.get(name)
             if got is None or got.shape != shape:
                 raise error("E602", f"parameter {name} has shape "

@@ -82,6 +82,7 @@ class CpuExecutor:
         self.module = load_module(self.source, model.options.cache_dir)
         self._limit = _blas_limiter(model.options.blas_threads)
         self.pool = Pool(model.options.threads or default_threads())
+        self._part_memo: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
         self.plans = {k: row_plan(p) for k, p in self.programs.items()}
         self.split_forward, self.split_train = _splittable(self.plans, g, len(
             model.program.outputs))
@@ -104,7 +105,15 @@ class CpuExecutor:
 
     def _parts(self, fn: str, b: Bound, split: bool) -> list[tuple[int, int]]:
         """Batch slices for this call; ``[]`` for one whole-batch call with BLAS on every
-        thread (large per-step GEMMs: `rnnlang.parallel.WIDE_GEMM_FLOPS`)."""
+        thread (large per-step GEMMs: `rnnlang.parallel.WIDE_GEMM_FLOPS`). Remembered per
+        sizes: walking the IR costs as much as a small call."""
+        key = (fn, split, WIDE_GEMM_FLOPS, MIN_FLOPS, tuple(sorted(b.dims.items())))
+        got = self._part_memo.get(key)
+        if got is None:
+            got = self._part_memo[key] = self._plan_parts(fn, b, split)
+        return got
+
+    def _plan_parts(self, fn: str, b: Bound, split: bool) -> list[tuple[int, int]]:
         batch = b.dims.get("B", 1)
         if self._limit is not None and self._wide(fn, b):
             return []
@@ -206,7 +215,27 @@ def _blas_limiter(threads: int | None) -> Callable[[], Any] | None:
     libs = ctl.select(filepath=scipy_paths) if scipy_paths else ctl.select(user_api="blas")
     if not libs.lib_controllers:
         return None
-    return lambda wide=None: libs.limit(limits=wide or threads)
+    return lambda wide=None: _BlasThreads(libs.lib_controllers, wide or threads)
+
+
+class _BlasThreads:
+    """Sets the BLAS thread count for one call and restores it after: the controllers' own
+    get/set (one C call each), not threadpoolctl's ``limit()``, which re-reads every library's
+    info on each use (measured 24 us a call, 15% of a small forward)."""
+
+    def __init__(self, libs: list[Any], n: int) -> None:
+        self.libs, self.n, self.prev = libs, n, [0] * len(libs)
+
+    def __enter__(self) -> None:
+        for k, lib in enumerate(self.libs):
+            self.prev[k] = lib.get_num_threads()
+            if self.prev[k] != self.n:
+                lib.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        for k, lib in enumerate(self.libs):
+            if self.prev[k] != self.n:
+                lib.set_num_threads(self.prev[k])
 
 
 def check_cuda_available() -> None:
