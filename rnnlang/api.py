@@ -38,6 +38,9 @@ TARGETS = ("cpu", "reference", "cuda")
 DTYPES = ("float32", "float64")
 
 
+PARALLEL = ("auto", "slices", "blas")
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     """Everything that changes generated code; the CLI maps its flags onto this."""
@@ -51,6 +54,7 @@ class CompileOptions:
     blas_threads: int | None = 1  # BLAS threads while generated code runs; None: leave as is
     stateful: bool = False  # also output every layer's final states (``final:<layer>.<s>``)
     threads: int | None = None  # cpu: batch slices or BLAS threads; None: every usable CPU
+    parallel: str = "auto"  # cpu: "auto" (by per-step GEMM size), "slices" or "blas"
 
 
 def parse_program(source_or_path: str | os.PathLike[str]) -> tuple[Module, Path | None]:
@@ -334,7 +338,8 @@ def compile(source_or_path: str | os.PathLike[str], target: str = "cpu",
             dtype: str = "float32", *, model: str | None = None, seed: int = 0,
             cache_dir: str | os.PathLike[str] | None = None, verify_ir: bool = False,
             disable_passes: tuple[str, ...] = (), blas_threads: int | None = 1,
-            stateful: bool = False, threads: int | None = None, **dims: int) -> Model:
+            stateful: bool = False, threads: int | None = None, parallel: str = "auto",
+            **dims: int) -> Model:
     """Compile a `.rnn` spec (a path or source text) for ``target`` (cpu, reference, cuda).
 
     ``stateful=True`` adds every layer's final states as outputs ``final:<layer>.<state>``
@@ -347,16 +352,24 @@ def compile(source_or_path: str | os.PathLike[str], target: str = "cpu",
     each with its whole time loop; a call whose per-step GEMM is large (the medium benchmark
     case and up, `rnnlang.parallel.WIDE_GEMM_FLOPS`) instead runs whole, with BLAS on this many
     threads. None uses every CPU this process may run on, 1 turns both off. Results are the
-    same up to float rounding (the order of the weight-gradient sums)."""
+    same up to float rounding (the order of the weight-gradient sums).
+
+    ``parallel`` picks between the two: "auto" (the size rule above), "slices" (always batch
+    slices: slower on an idle machine at medium sizes, but degrades gracefully when other
+    processes hold cores, where 2-thread BLAS waits for descheduled threads at every step) or
+    "blas" (always whole-batch calls with BLAS on every thread)."""
     if threads is not None and not 1 <= threads <= 1024:
         raise error("E604", f"threads must be between 1 and 1024, got {threads}", None)
+    if parallel not in PARALLEL:
+        raise error("E604", f"unknown parallel mode '{parallel}'", None,
+                    hint="one of " + ", ".join(PARALLEL))
     if target not in TARGETS:
         raise error("E604", f"unknown target '{target}'", None, hint="one of " + ", ".join(TARGETS))
     if dtype not in DTYPES:
         raise error("E604", f"unknown dtype '{dtype}'", None, hint="float32 or float64")
     opts = CompileOptions(target, dtype, frozenset(disable_passes), verify_ir,
                           Path(cache_dir) if cache_dir is not None else None, int(seed),
-                          blas_threads, bool(stateful), threads)
+                          blas_threads, bool(stateful), threads, parallel)
     raw, prog, log, text, name = build_program(source_or_path, model=model, options=opts)
     state_outputs: dict[str, str] = {}
     if stateful:

@@ -58,6 +58,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                             "(default: every usable CPU)")
     except argparse.ArgumentError:
         pass  # the command has its own --threads (rnnc bench), which compile() receives too
+    p.add_argument("--parallel", choices=("auto", "slices", "blas"), default="auto",
+                   help="cpu: batch slices or BLAS threads (default auto: BLAS for large "
+                        "per-step GEMMs); slices degrade best when other processes hold cores")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +105,7 @@ def _opts(args: argparse.Namespace) -> dict[str, object]:
         disabled += tuple(n for n, _ in forward_passes() + BACKWARD)
     return dict(target=args.target, dtype=args.dtype, model=args.model,
                 cache_dir=args.cache_dir, verify_ir=args.verify, disable_passes=disabled,
-                threads=args.threads, **_dims(args.dims))
+                threads=args.threads, parallel=args.parallel, **_dims(args.dims))
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:

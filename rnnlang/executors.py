@@ -100,8 +100,10 @@ class CpuExecutor:
 
     def _wide(self, fn: str, b: Bound) -> bool:
         """Whether this call's per-step GEMMs are big enough to share between BLAS threads."""
-        return self.pool.threads > 1 and step_gemm_flops(self.programs[fn],
-                                                         b.dims) >= WIDE_GEMM_FLOPS
+        mode = self.m.options.parallel
+        if self.pool.threads == 1 or mode == "slices":
+            return False
+        return mode == "blas" or step_gemm_flops(self.programs[fn], b.dims) >= WIDE_GEMM_FLOPS
 
     def _parts(self, fn: str, b: Bound, split: bool) -> list[tuple[int, int]]:
         """Batch slices for this call; ``[]`` for one whole-batch call with BLAS on every

@@ -162,8 +162,18 @@ def test_threads_match_one_thread(cache_dir: Path, monkeypatch: pytest.MonkeyPat
     np.testing.assert_allclose(w.inputs["x"], a.inputs["x"], **tol)
     for k, v in one.forward({"x": x}, lengths=lens).items():
         np.testing.assert_allclose(three.forward({"x": x}, lengths=lens)[k], v, **tol)
+    # parallel= overrides the size rule either way
+    slices = rnnlang.compile(SPEC, dtype=dtype, cache_dir=cache_dir, threads=3,
+                             parallel="slices")
+    assert slices._executor()._parts("forward_train", bound, True) == [(0, 4), (4, 8), (8, 13)]
+    monkeypatch.setattr(rnnlang.executors, "WIDE_GEMM_FLOPS", float("inf"))
+    blas = rnnlang.compile(SPEC, dtype=dtype, cache_dir=cache_dir, threads=3, parallel="blas")
+    assert blas._executor()._parts("forward_train", bound, True) == []
+    assert ex._parts("forward_train", bound, True) == [(0, 4), (4, 8), (8, 13)]
     with pytest.raises(rnnlang.RnnUserError, match="threads"):
         rnnlang.compile(SPEC, threads=0)
+    with pytest.raises(rnnlang.RnnUserError, match="parallel"):
+        rnnlang.compile(SPEC, parallel="both")
 
 
 def test_step_gemm_flops_is_the_largest_per_step_product() -> None:
