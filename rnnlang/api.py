@@ -38,9 +38,6 @@ TARGETS = ("cpu", "reference", "cuda")
 DTYPES = ("float32", "float64")
 
 
-PARALLEL = ("auto", "slices", "blas")
-
-
 @dataclass(frozen=True)
 class CompileOptions:
     """Everything that changes generated code; the CLI maps its flags onto this."""
@@ -360,9 +357,10 @@ def compile(source_or_path: str | os.PathLike[str], target: str = "cpu",
     "blas" (always whole-batch calls with BLAS on every thread)."""
     if threads is not None and not 1 <= threads <= 1024:
         raise error("E604", f"threads must be between 1 and 1024, got {threads}", None)
-    if parallel not in PARALLEL:
+    from rnnlang.parallel import MODES
+    if parallel not in MODES:
         raise error("E604", f"unknown parallel mode '{parallel}'", None,
-                    hint="one of " + ", ".join(PARALLEL))
+                    hint="one of " + ", ".join(MODES))
     if target not in TARGETS:
         raise error("E604", f"unknown target '{target}'", None, hint="one of " + ", ".join(TARGETS))
     if dtype not in DTYPES:

@@ -58,7 +58,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                             "(default: every usable CPU)")
     except argparse.ArgumentError:
         pass  # the command has its own --threads (rnnc bench), which compile() receives too
-    p.add_argument("--parallel", choices=("auto", "slices", "blas"), default="auto",
+    from rnnlang.parallel import MODES
+    p.add_argument("--parallel", choices=MODES, default="auto",
                    help="cpu: batch slices or BLAS threads (default auto: BLAS for large "
                         "per-step GEMMs); slices degrade best when other processes hold cores")
 

@@ -82,7 +82,7 @@ class CpuExecutor:
         self.module = load_module(self.source, model.options.cache_dir)
         self._limit = _blas_limiter(model.options.blas_threads)
         self.pool = Pool(model.options.threads or default_threads())
-        self._part_memo: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+        self._part_memo: dict[tuple[Any, ...], tuple[list[tuple[int, int]], bool]] = {}
         self.plans = {k: row_plan(p) for k, p in self.programs.items()}
         self.split_forward, self.split_train = _splittable(self.plans, g, len(
             model.program.outputs))
@@ -93,36 +93,37 @@ class CpuExecutor:
         return list(getattr(self.module, fn)(*[vals[v.name] for v in prog.param_vars
                                                + prog.input_vars], d))
 
-    def _limited(self, parts: list[tuple[int, int]] | None = None) -> Any:
+    def _limited(self, wide: bool) -> Any:
         if self._limit is None:
             return nullcontext()
-        return self._limit(self.pool.threads if parts == [] else None)
+        return self._limit(self.pool.threads if wide else None)
 
     def _wide(self, fn: str, b: Bound) -> bool:
         """Whether this call's per-step GEMMs are big enough to share between BLAS threads."""
         mode = self.m.options.parallel
-        if self.pool.threads == 1 or mode == "slices":
+        if self._limit is None or self.pool.threads == 1 or mode == "slices":
             return False
         return mode == "blas" or step_gemm_flops(self.programs[fn], b.dims) >= WIDE_GEMM_FLOPS
 
-    def _parts(self, fn: str, b: Bound, split: bool) -> list[tuple[int, int]]:
-        """Batch slices for this call; ``[]`` for one whole-batch call with BLAS on every
-        thread (large per-step GEMMs: `rnnlang.parallel.WIDE_GEMM_FLOPS`). Remembered per
-        sizes: walking the IR costs as much as a small call."""
+    def _parts(self, fn: str, b: Bound, split: bool) -> tuple[list[tuple[int, int]], bool]:
+        """Batch slices for this call, and whether it runs whole with BLAS on every thread
+        instead (large per-step GEMMs: `rnnlang.parallel.WIDE_GEMM_FLOPS`). Remembered per
+        sizes, since walking the IR costs as much as a small call; the module thresholds are
+        in the key so that changing them (tests do) takes effect."""
         key = (fn, split, WIDE_GEMM_FLOPS, MIN_FLOPS, tuple(sorted(b.dims.items())))
         got = self._part_memo.get(key)
         if got is None:
             got = self._part_memo[key] = self._plan_parts(fn, b, split)
         return got
 
-    def _plan_parts(self, fn: str, b: Bound, split: bool) -> list[tuple[int, int]]:
+    def _plan_parts(self, fn: str, b: Bound, split: bool) -> tuple[list[tuple[int, int]], bool]:
         batch = b.dims.get("B", 1)
-        if self._limit is not None and self._wide(fn, b):
-            return []
+        if self._wide(fn, b):
+            return [(0, batch)], True
         if not split or self.pool.threads == 1 or batch < 2 * MIN_ROWS or row_flops(
                 self.programs[fn], b.dims) * batch < MIN_FLOPS:
-            return [(0, batch)]
-        return slices(batch, self.pool.threads)
+            return [(0, batch)], False
+        return slices(batch, self.pool.threads), False
 
     def _sliced(self, fn: str, part: tuple[int, int], b: Bound, vals: dict[str, Any],
                 whole: dict[str, Any]) -> tuple[dict[str, int], dict[str, Any]]:
@@ -137,9 +138,9 @@ class CpuExecutor:
         return dict(b.dims, B=hi - lo), out
 
     def forward(self, b: Bound) -> list[np.ndarray]:
-        parts = self._parts("forward", b, self.split_forward)
-        with self._limited(parts):
-            if len(parts) <= 1:
+        parts, wide = self._parts("forward", b, self.split_forward)
+        with self._limited(wide):
+            if len(parts) == 1:
                 return self._run("forward", b.dims, {**self.m.params, **b.values})
             res = self.pool.map(lambda k: self._run("forward", *self._sliced(
                 "forward", parts[k], b, b.values, self.m.params)), len(parts))
@@ -149,10 +150,7 @@ class CpuExecutor:
                                                                 list[np.ndarray]]:
         g = self.m.grad_programs()
         n = len(self.m.program.outputs)
-        parts = self._parts("forward_train", b, self.split_train)
-        mode = parts
-        if not parts:  # one whole-batch call with wide BLAS
-            parts = [(0, b.dims.get("B", 1))]
+        parts, wide = self._parts("forward_train", b, self.split_train)
 
         def ahead(k: int) -> list[np.ndarray]:
             if len(parts) == 1:
@@ -160,7 +158,7 @@ class CpuExecutor:
             return self._run("forward_train", *self._sliced(
                 "forward_train", parts[k], b, b.values, self.m.params))
 
-        with self._limited(mode):
+        with self._limited(wide):
             fwd = self.pool.map(ahead, len(parts))
         plan = self.plans["forward_train"]
         outs = fwd[0][:n] if len(parts) == 1 else join(fwd, plan)[:n]  # type: ignore[arg-type]
@@ -174,7 +172,7 @@ class CpuExecutor:
             return self._run("backward", *self._sliced(
                 "backward", parts[k], b, {**b.values, **cots}, {**self.m.params, **res}))
 
-        with self._limited(mode):
+        with self._limited(wide):
             grads = self.pool.map(back, len(parts))
         return outs, grads[0] if len(parts) == 1 else join(
             grads, self.plans["backward"])  # type: ignore[arg-type]

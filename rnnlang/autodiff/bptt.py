@@ -257,12 +257,11 @@ def _economize(body: Region, spec: ScanSpec, rb: Builder, needed: dict[str, Var]
         for v in x.inputs:
             if isinstance(v, Var):
                 consumers.setdefault(v.name, []).append(x)
-    outputs = {v.name for v in body.outputs}
     state_taps = {v.name for v, bnd in zip(body.inputs, spec.in_bind, strict=True)
                   if isinstance(bnd, Tap) and bnd.source[0] == "out"}
     body_in = {v.name for v in body.inputs}
     for name in needed:
-        if name in body_in or name in stored or name in outputs:
+        if name in body_in or name in stored:  # stored: every body output of a forward scan
             continue
         uses = consumers.get(name, [])
         if len(uses) != 1 or uses[0].op != "select":

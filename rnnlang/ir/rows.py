@@ -14,7 +14,7 @@ makes the program unsplittable, which only costs speed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from rnnlang.ir.nodes import Const, ConstRef, Eqn, Operand, Program, ScanSpec, Store, SumTo
@@ -219,6 +219,18 @@ def row_plan(prog: Program) -> RowPlan | None:
         return None
 
 
+def _matmul_flops(e: Eqn, size: Callable[[Dim], int]) -> float:
+    """Multiply-adds x 2 of one matmul equation (0 for any other op), sizes from ``size``."""
+    if e.op not in ("matmul", "matmul_nt", "matmul_tn"):
+        return 0.0
+    a = e.inputs[0]
+    k = a.shape[0] if e.op == "matmul_tn" else a.shape[-1]
+    out = 1
+    for d in e.outputs[0].shape:
+        out *= size(d)
+    return 2.0 * out * size(k)
+
+
 def row_flops(prog: Program, dims: Mapping[str, int]) -> float:
     """Multiply-adds x 2 of the products one batch row costs (scan bodies once per step): a
     cheap estimate of whether a call is worth cutting into slices."""
@@ -229,13 +241,7 @@ def row_flops(prog: Program, dims: Mapping[str, int]) -> float:
     def walk(eqns: tuple[Eqn, ...], times: int) -> float:
         total = 0.0
         for e in eqns:
-            if e.op in ("matmul", "matmul_nt", "matmul_tn"):
-                a = e.inputs[0]
-                k = a.shape[0] if e.op == "matmul_tn" else a.shape[-1]
-                out = 1
-                for d in e.outputs[0].shape:
-                    out *= size(d)
-                total += 2.0 * times * out * size(k)
+            total += times * _matmul_flops(e, size)
             spec = e.attr("scan")
             if spec is not None:
                 total += walk(spec.body.eqns, times * spec.time.evaluate(dims))
@@ -251,17 +257,5 @@ def step_gemm_flops(prog: Program, dims: Mapping[str, int]) -> float:
     def size(d: Dim) -> int:
         return dims.get("B", 1) if d == BATCH else d.evaluate(dims)
 
-    best = 0.0
-    for e in prog.eqns:
-        spec = e.attr("scan")
-        if spec is None:
-            continue
-        for x in spec.body.eqns:
-            if x.op in ("matmul", "matmul_nt", "matmul_tn"):
-                a = x.inputs[0]
-                k = a.shape[0] if x.op == "matmul_tn" else a.shape[-1]
-                out = 1
-                for d in x.outputs[0].shape:
-                    out *= size(d)
-                best = max(best, 2.0 * out * size(k))
-    return best
+    return max((_matmul_flops(x, size) for e in prog.eqns if e.attr("scan") is not None
+                for x in e.attr("scan").body.eqns), default=0.0)

@@ -139,9 +139,9 @@ def test_threads_match_one_thread(cache_dir: Path, monkeypatch: pytest.MonkeyPat
     x = rng.normal(size=(9, 13, 3)).astype(dtype)
     lens = rng.integers(1, 10, size=13)
     b = three._bind({"x": x}, {}, lens, None)
-    assert len(ex._parts("forward", b, True)) == 1  # too little work to be worth threads
+    assert len(ex._parts("forward", b, True)[0]) == 1  # too little work to be worth threads
     monkeypatch.setattr(rnnlang.executors, "MIN_FLOPS", 0)
-    assert ex._parts("forward_train", b, True) == [(0, 4), (4, 8), (8, 13)]
+    assert ex._parts("forward_train", b, True) == ([(0, 4), (4, 8), (8, 13)], False)
     cot = {"y": rng.normal(size=(9, 13, 2)).astype(dtype),
            "z": rng.normal(size=(13, 12)).astype(dtype)}
     tol = dict(rtol=1e-10, atol=1e-12)
@@ -154,8 +154,8 @@ def test_threads_match_one_thread(cache_dir: Path, monkeypatch: pytest.MonkeyPat
     # large per-step GEMMs: one whole-batch call, BLAS on the 3 threads; same numbers
     monkeypatch.setattr(rnnlang.executors, "WIDE_GEMM_FLOPS", 0)
     bound = three._bind({"x": x}, {}, lens, None)
-    assert ex._parts("forward_train", bound, True) == []
-    assert one._executor()._parts("forward_train", bound, True) == [(0, 13)]  # threads=1
+    assert ex._parts("forward_train", bound, True) == ([(0, 13)], True)
+    assert one._executor()._parts("forward_train", bound, True) == ([(0, 13)], False)  # 1 thread
     w = three.vjp({"x": x}, cot, lengths=lens)
     for k in a.params:
         np.testing.assert_allclose(w.params[k], a.params[k], **tol, err_msg=k)
@@ -165,11 +165,12 @@ def test_threads_match_one_thread(cache_dir: Path, monkeypatch: pytest.MonkeyPat
     # parallel= overrides the size rule either way
     slices = rnnlang.compile(SPEC, dtype=dtype, cache_dir=cache_dir, threads=3,
                              parallel="slices")
-    assert slices._executor()._parts("forward_train", bound, True) == [(0, 4), (4, 8), (8, 13)]
+    assert slices._executor()._parts("forward_train", bound, True) == (
+        [(0, 4), (4, 8), (8, 13)], False)
     monkeypatch.setattr(rnnlang.executors, "WIDE_GEMM_FLOPS", float("inf"))
     blas = rnnlang.compile(SPEC, dtype=dtype, cache_dir=cache_dir, threads=3, parallel="blas")
-    assert blas._executor()._parts("forward_train", bound, True) == []
-    assert ex._parts("forward_train", bound, True) == [(0, 4), (4, 8), (8, 13)]
+    assert blas._executor()._parts("forward_train", bound, True) == ([(0, 13)], True)
+    assert ex._parts("forward_train", bound, True) == ([(0, 4), (4, 8), (8, 13)], False)
     with pytest.raises(rnnlang.RnnUserError, match="threads"):
         rnnlang.compile(SPEC, threads=0)
     with pytest.raises(rnnlang.RnnUserError, match="parallel"):
