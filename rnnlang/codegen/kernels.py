@@ -12,6 +12,8 @@ import math
 import numpy as np
 from numba import njit
 
+from rnnlang.codegen.blas import gemm, matmul  # noqa: F401  (generated loops call gemm)
+
 # Flags for every jitted function: IEEE semantics for NaN and Inf are kept (no nnan/ninf), but
 # contraction, reciprocal and reassociation let LLVM vectorize the fused loops.
 FASTMATH = {"contract", "arcp", "reassoc", "nsz"}
@@ -104,13 +106,13 @@ def _sign(x):  # type: ignore[no-untyped-def]
 def mm3(a, w):  # type: ignore[no-untyped-def]
     """(T, B, n) @ (n, m) as one GEMM over all steps."""
     t, b, n = a.shape
-    return np.dot(np.ascontiguousarray(a).reshape(t * b, n), w).reshape(t, b, w.shape[1])
+    return matmul(np.ascontiguousarray(a).reshape(t * b, n), w).reshape(t, b, w.shape[1])
 
 
 @njit(cache=True, error_model="numpy")
 def mm3_nt(g, w):  # type: ignore[no-untyped-def]
     t, b, m = g.shape
-    return np.dot(np.ascontiguousarray(g).reshape(t * b, m), w.T).reshape(t, b, w.shape[0])
+    return matmul(np.ascontiguousarray(g).reshape(t * b, m), w.T).reshape(t, b, w.shape[0])
 
 
 @njit(cache=True, error_model="numpy")
@@ -118,13 +120,25 @@ def mm3_tn(a, g):  # type: ignore[no-untyped-def]
     """Weight gradient of a hoisted product: one GEMM over all steps."""
     t, b, n = a.shape
     m = g.shape[2]
-    return np.dot(np.ascontiguousarray(a).reshape(t * b, n).T,
+    return matmul(np.ascontiguousarray(a).reshape(t * b, n).T,
                   np.ascontiguousarray(g).reshape(t * b, m))
+
+
+# 2-D products too go through rnnlang's GEMM (`rnnlang.codegen.blas`), never NumPy's in the
+# Python-level code, so that every GEMM uses the BLAS whose threads rnnlang controls.
+@njit(cache=True, error_model="numpy")
+def mm2(a, w):  # type: ignore[no-untyped-def]
+    return matmul(a, w)
+
+
+@njit(cache=True, error_model="numpy")
+def mm2_nt(a, w):  # type: ignore[no-untyped-def]
+    return matmul(a, w.T)
 
 
 @njit(cache=True, error_model="numpy")
 def mm2_tn(a, g):  # type: ignore[no-untyped-def]
-    return np.dot(a.T, g)
+    return matmul(a.T, g)
 
 
 @njit(cache=True, error_model="numpy")
@@ -138,120 +152,201 @@ def lengths_of(mask):  # type: ignore[no-untyped-def]
     return out
 
 
+# The sequence kernels below copy with explicit loops over a (T, B, n) view instead of
+# assigning array slices (`out[j] = seq[i, j]`): Numba compiles the shape-mismatch error path
+# of every slice assignment by formatting strings, which cost about 2 s of cold compile per
+# kernel (measured with cProfile on a 2-layer LSTM's first vjp).
+@njit(cache=True, error_model="numpy")
+def _rows(a):  # type: ignore[no-untyped-def]
+    """A (lead0, lead1, rest) view of a C-contiguous copy-if-needed of ``a``."""
+    n = 1
+    for d in a.shape[2:]:
+        n *= d
+    return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], n)
+
+
 @njit(cache=True, error_model="numpy")
 def last(seq, mask):  # type: ignore[no-untyped-def]
     lens = lengths_of(mask)
-    out = np.empty(seq.shape[1:], seq.dtype)
-    for j in range(seq.shape[1]):
-        out[j] = seq[max(lens[j] - 1, 0), j]
-    return out
+    s = _rows(seq)
+    out = np.empty((s.shape[1], s.shape[2]), seq.dtype)
+    for j in range(s.shape[1]):
+        i = max(lens[j] - 1, 0)
+        for k in range(s.shape[2]):
+            out[j, k] = s[i, j, k]
+    return out.reshape(seq.shape[1:])
 
 
 @njit(cache=True, error_model="numpy")
 def last_vjp(g, mask):  # type: ignore[no-untyped-def]
     lens = lengths_of(mask)
-    out = np.zeros((mask.shape[0],) + g.shape, g.dtype)
-    for j in range(g.shape[0]):
-        out[max(lens[j] - 1, 0), j] = g[j]
-    return out
+    g2 = np.ascontiguousarray(g).reshape(g.shape[0], g.size // max(g.shape[0], 1))
+    out = np.zeros((mask.shape[0], g2.shape[0], g2.shape[1]), g.dtype)
+    for j in range(g2.shape[0]):
+        i = max(lens[j] - 1, 0)
+        for k in range(g2.shape[1]):
+            out[i, j, k] = g2[j, k]
+    return out.reshape((mask.shape[0],) + g.shape)
 
 
 @njit(cache=True, error_model="numpy")
 def mean(seq, mask):  # type: ignore[no-untyped-def]
     lens = lengths_of(mask)
-    out = np.zeros(seq.shape[1:], seq.dtype)
-    for j in range(seq.shape[1]):
+    s = _rows(seq)
+    out = np.zeros((s.shape[1], s.shape[2]), seq.dtype)
+    for j in range(s.shape[1]):
         for i in range(lens[j]):
-            out[j] += seq[i, j]
-        out[j] /= max(lens[j], 1)
-    return out
+            for k in range(s.shape[2]):
+                out[j, k] += s[i, j, k]
+        d = max(lens[j], 1)
+        for k in range(s.shape[2]):
+            out[j, k] /= d
+    return out.reshape(seq.shape[1:])
 
 
 @njit(cache=True, error_model="numpy")
 def mean_vjp(g, mask):  # type: ignore[no-untyped-def]
     lens = lengths_of(mask)
-    out = np.zeros((mask.shape[0],) + g.shape, g.dtype)
-    for j in range(g.shape[0]):
+    g2 = np.ascontiguousarray(g).reshape(g.shape[0], g.size // max(g.shape[0], 1))
+    out = np.zeros((mask.shape[0], g2.shape[0], g2.shape[1]), g.dtype)
+    for j in range(g2.shape[0]):
+        d = max(lens[j], 1)
         for i in range(lens[j]):
-            out[i, j] = g[j] / max(lens[j], 1)
-    return out
+            for k in range(g2.shape[1]):
+                out[i, j, k] = g2[j, k] / d
+    return out.reshape((mask.shape[0],) + g.shape)
 
 
 @njit(cache=True, error_model="numpy")
 def reverse(seq, mask):  # type: ignore[no-untyped-def]
     lens = lengths_of(mask)
-    out = np.zeros_like(seq)
-    for j in range(seq.shape[1]):
+    s = _rows(seq)
+    out = np.zeros_like(s)
+    for j in range(s.shape[1]):
         n = lens[j]
         for i in range(n):
-            out[i, j] = seq[n - 1 - i, j]
-    return out
+            for k in range(s.shape[2]):
+                out[i, j, k] = s[n - 1 - i, j, k]
+    return out.reshape(seq.shape)
 
 
 @njit(cache=True, error_model="numpy")
 def repeat(v, t):  # type: ignore[no-untyped-def]
-    out = np.empty((t,) + v.shape, v.dtype)
+    flat = np.ascontiguousarray(v).ravel()
+    out = np.empty((t, flat.size), v.dtype)
     for i in range(t):
-        out[i] = v
-    return out
+        for k in range(flat.size):
+            out[i, k] = flat[k]
+    return out.reshape((t,) + v.shape)
 
 
 @njit(cache=True, error_model="numpy")
 def sum_time(s):  # type: ignore[no-untyped-def]
-    out = np.zeros(s.shape[1:], s.dtype)
-    for i in range(s.shape[0]):
-        out += s[i]
-    return out
+    s2 = np.ascontiguousarray(s).reshape(s.shape[0], s.size // max(s.shape[0], 1))
+    out = np.zeros(s2.shape[1], s.dtype)
+    for i in range(s2.shape[0]):
+        for k in range(s2.shape[1]):
+            out[k] += s2[i, k]
+    return out.reshape(s.shape[1:])
 
 
 @njit(cache=True, error_model="numpy")
+def _taps(n_out, stride, j, padding, n_in):  # type: ignore[no-untyped-def]
+    """Output steps t whose input step t*stride + j - padding exists, in order."""
+    ts = np.empty(n_out, np.int64)
+    n = 0
+    for t in range(n_out):
+        s = t * stride + j - padding
+        if 0 <= s < n_in:
+            ts[n] = t
+            n += 1
+    return ts[:n]
+
+
+@njit(cache=True, error_model="numpy")
+def _gather(a, ts, stride, j, padding):  # type: ignore[no-untyped-def]
+    """Rows a[t*stride + j - padding] (or a[t] when stride is 0) for t in ts, as (len*B, n)."""
+    b, n = a.shape[1], a.shape[2]
+    out = np.empty((ts.size * b, n), a.dtype)
+    for u in range(ts.size):
+        s = ts[u] * stride + j - padding if stride > 0 else ts[u]
+        for i in range(b):
+            for k in range(n):
+                out[u * b + i, k] = a[s, i, k]
+    return out
+
+
+# A convolution is one GEMM per kernel tap over every output step it reaches (not one small
+# GEMM per step and tap).
+@njit(cache=True, error_model="numpy")
 def conv1d(x, w, b, stride, padding, t_out):  # type: ignore[no-untyped-def]
-    k = w.shape[0]
-    t_in = x.shape[0]
-    out = np.empty((t_out, x.shape[1], w.shape[2]), x.dtype)
+    nb, no = x.shape[1], w.shape[2]
+    out = np.empty((t_out, nb, no), x.dtype)
     for t in range(t_out):
-        out[t] = b
-        for j in range(k):
-            s = t * stride + j - padding
-            if 0 <= s < t_in:
-                out[t] += np.dot(x[s], w[j])
+        for i in range(nb):
+            for o in range(no):
+                out[t, i, o] = b[o]
+    for j in range(w.shape[0]):
+        ts = _taps(t_out, stride, j, padding, x.shape[0])
+        if ts.size == 0:
+            continue
+        p = matmul(_gather(x, ts, stride, j, padding), w[j])
+        for u in range(ts.size):
+            for i in range(nb):
+                for o in range(no):
+                    out[ts[u], i, o] += p[u * nb + i, o]
     return out
 
 
 @njit(cache=True, error_model="numpy")
 def conv1d_dx(g, w, stride, padding, t_in):  # type: ignore[no-untyped-def]
-    k = w.shape[0]
-    dx = np.zeros((t_in, g.shape[1], w.shape[1]), g.dtype)
-    for t in range(g.shape[0]):
-        for j in range(k):
-            s = t * stride + j - padding
-            if 0 <= s < t_in:
-                dx[s] += np.dot(g[t], np.ascontiguousarray(w[j].T))
+    nb, nc = g.shape[1], w.shape[1]
+    dx = np.zeros((t_in, nb, nc), g.dtype)
+    for j in range(w.shape[0]):
+        ts = _taps(g.shape[0], stride, j, padding, t_in)
+        if ts.size == 0:
+            continue
+        p = matmul(_gather(g, ts, 0, 0, 0), w[j].T)
+        for u in range(ts.size):
+            s = ts[u] * stride + j - padding
+            for i in range(nb):
+                for c in range(nc):
+                    dx[s, i, c] += p[u * nb + i, c]
     return dx
 
 
 @njit(cache=True, error_model="numpy")
 def conv1d_dw(x, g, kernel, stride, padding):  # type: ignore[no-untyped-def]
     dw = np.zeros((kernel, x.shape[2], g.shape[2]), x.dtype)
-    for t in range(g.shape[0]):
-        for j in range(kernel):
-            s = t * stride + j - padding
-            if 0 <= s < x.shape[0]:
-                dw[j] += np.dot(np.ascontiguousarray(x[s].T), g[t])
+    for j in range(kernel):
+        ts = _taps(g.shape[0], stride, j, padding, x.shape[0])
+        if ts.size == 0:
+            continue
+        p = matmul(_gather(x, ts, stride, j, padding).T, _gather(g, ts, 0, 0, 0))
+        for c in range(dw.shape[1]):
+            for o in range(dw.shape[2]):
+                dw[j, c, o] = p[c, o]
     return dw
 
 
 @njit(cache=True, error_model="numpy")
 def shift(seq, fb, by):  # type: ignore[no-untyped-def]
-    out = np.empty_like(seq)
-    for i in range(seq.shape[0]):
-        out[i] = seq[i - by] if i >= by else fb
-    return out
+    s = _rows(seq)
+    f = np.ascontiguousarray(fb).reshape(s.shape[1], s.shape[2])
+    out = np.empty_like(s)
+    for i in range(s.shape[0]):
+        for j in range(s.shape[1]):
+            for k in range(s.shape[2]):
+                out[i, j, k] = s[i - by, j, k] if i >= by else f[j, k]
+    return out.reshape(seq.shape)
 
 
 @njit(cache=True, error_model="numpy")
 def shift0(seq, by):  # type: ignore[no-untyped-def]
-    out = np.zeros_like(seq)
-    for i in range(by, seq.shape[0]):
-        out[i] = seq[i - by]
-    return out
+    s = _rows(seq)
+    out = np.zeros_like(s)
+    for i in range(by, s.shape[0]):
+        for j in range(s.shape[1]):
+            for k in range(s.shape[2]):
+                out[i, j, k] = s[i - by, j, k]
+    return out.reshape(seq.shape)

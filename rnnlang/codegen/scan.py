@@ -179,11 +179,11 @@ def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str]) -> None:
             ins.append(f.id(x) if isinstance(x, Var) else repr(x))
     match e.op:
         case "matmul":
-            f.w.line(f"np.dot({ins[0]}, {ins[1]}, {o})")
+            f.w.line(f"kernels.gemm({ins[0]}, {ins[1]}, {o})")
         case "matmul_nt":
-            f.w.line(f"np.dot({ins[0]}, {ins[1]}.T, {o})")
+            f.w.line(f"kernels.gemm({ins[0]}, {ins[1]}.T, {o})")
         case "matmul_tn":
-            f.w.line(f"np.dot({ins[0]}.T, {ins[1]}, {o})")
+            f.w.line(f"kernels.gemm({ins[0]}.T, {ins[1]}, {o})")
         case "pad":
             f.w.line(f"{o}[...] = 0.0")
             src = e.inputs[0]

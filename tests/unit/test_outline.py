@@ -24,13 +24,16 @@ model m(H = 5, F = 3) {
 def test_identical_layers_share_one_loop(cache_dir: Path) -> None:
     m = rnnlang.compile(STACK, cache_dir=cache_dir, dtype="float64")
     src = m._executor().source
-    loops = re.findall(r"^def (_loop_\d+)\(", src, re.M)
-    assert len(loops) == 3  # forward, forward_train, backward: one loop each
+    time_loops = [name for name in re.findall(r"^def (_loop_\d+)\(", src, re.M)
+                  if "for t in" in src.split(f"def {name}(")[1].split("\ndef ")[0]]
+    assert len(time_loops) == 3  # forward, forward_train, backward: one loop each
     for fn in ("forward", "forward_train", "backward"):
         body = src.split(f"\ndef {fn}(")[1].split("\ndef ")[0]
-        calls = re.findall(r"^\s+(_loop_\d+)\(", body, re.M)
+        calls = [c for c in re.findall(r"^\s+(_loop_\d+)\(", body, re.M) if c in time_loops]
         assert len(calls) == 3 and len(set(calls)) == 1, (fn, calls)
-        assert "for t in" not in body  # the time loop lives in the shared function
+        assert "for " not in body  # every loop lives in a shared jitted function
+        assert f"@njit(cache=True, nogil=True, fastmath=kernels.FASTMATH, error_model=\"numpy\")" \
+            f"\ndef {fn}(" not in src  # so the function itself is plain Python
     ref = rnnlang.compile(STACK, target="reference", dtype="float64")
     ref.params = {k: v.copy() for k, v in m.params.items()}
     x = np.random.default_rng(0).normal(size=(4, 2, 3))
