@@ -24,6 +24,7 @@ from rnnlang.ir.verify import verify
 from rnnlang.lower import lower_program
 from rnnlang.passes.pipeline import BACKWARD, PassLog, forward_passes, run_passes
 from rnnlang.runtime import (
+    BindMemo,
     Bound,
     bind_inputs,
     init_params,
@@ -109,6 +110,7 @@ class Model:
         self._grad: GradPrograms | None = None
         self._exec: Any = None
         self._param_sizes: dict[tuple[tuple[str, int], ...], dict[str, tuple[int, ...]]] = {}
+        self._bind_memo: dict[Any, BindMemo] = {}
         if param_dims_known(program, static):
             self.params = init_params(program, static, self.dtype, options.seed)
 
@@ -169,7 +171,8 @@ class Model:
             given, device = split_device_inputs(given, self.dtype)
             initial, dev_states = split_device_inputs(initial or {}, self.dtype)
             device.update(dev_states)
-        bound = bind_inputs(self.program, self.static, given, lengths, initial, self.dtype)
+        bound = bind_inputs(self.program, self.static, given, lengths, initial, self.dtype,
+                            self._bind_memo)
         bound.values.update(device)
         if not self.params:
             self.params = init_params(self.program, bound.dims, self.dtype, self.options.seed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -115,9 +116,20 @@ class Bound:
     values: dict[str, np.ndarray]
 
 
+@dataclass
+class BindMemo:
+    """What binding derives from the sizes alone, remembered per sizes by the caller (a
+    model): the size checks ran, the full-length masks, the state shapes. Walking the IR for
+    these on every call cost about as much as a small model's whole forward pass."""
+
+    masks: dict[str, np.ndarray]
+    state_shapes: dict[str, tuple[int, ...]]
+
+
 def bind_inputs(prog: Program, static: Mapping[str, int], inputs: Mapping[str, np.ndarray],
                 lengths: np.ndarray | Mapping[str, np.ndarray] | None,
-                initial: Mapping[str, np.ndarray] | None, dtype: np.dtype) -> Bound:
+                initial: Mapping[str, np.ndarray] | None, dtype: np.dtype,
+                memo: dict[Any, BindMemo] | None = None) -> Bound:
     dims = dict(static)
     values: dict[str, np.ndarray] = {}
     known = {i.var.name for i in prog.inputs if i.role in ("seq", "vec")}
@@ -143,7 +155,10 @@ def bind_inputs(prog: Program, static: Mapping[str, int], inputs: Mapping[str, n
         values[name] = np.ascontiguousarray(arr, dtype=dtype)
         if info.role == "seq":
             seq_names.append(name)
-    _check_activation_budget(dims)
+    key = (tuple(sorted(dims.items())), np.dtype(dtype).str)
+    memo_hit = memo.get(key) if memo is not None else None
+    if memo_hit is None:
+        _check_activation_budget(dims)
     lens = _lengths_by_input(seq_names, lengths, dims)
     for d, rule, args in prog.derived:
         if rule == "conv":
@@ -154,17 +169,28 @@ def bind_inputs(prog: Program, static: Mapping[str, int], inputs: Mapping[str, n
                              f"with kernel {k}")
             src_len = lens.get(src, np.full(dims["B"], dims[src]))
             lens[d] = np.clip((src_len + 2 * pad - k) // stride + 1, 1, dims[d])
-    for info in prog.inputs:
-        if info.role == "mask":
-            t = info.time.symbols[0] if info.time is not None and info.time.symbols else None
-            steps = dims[t] if t is not None else info.time.const  # type: ignore[union-attr]
-            ln = lens.get(t, np.full(dims["B"], steps)) if t is not None else np.full(
-                dims["B"], steps)
-            values[info.var.name] = (np.arange(steps)[:, None] < ln[None, :]).astype(
-                dtype)[:, :, None]
-    _check_known(prog, dims)
-    check_slices(prog, dims)
-    _bind_states(prog, dims, initial, values, dtype)
+    if memo_hit is not None and not lens:
+        values.update(memo_hit.masks)  # never written by generated code: shared safely
+    else:
+        for info in prog.inputs:
+            if info.role == "mask":
+                t = info.time.symbols[0] if info.time is not None and info.time.symbols else None
+                steps = dims[t] if t is not None else info.time.const  # type: ignore[union-attr]
+                ln = lens.get(t, np.full(dims["B"], steps)) if t is not None else np.full(
+                    dims["B"], steps)
+                values[info.var.name] = (np.arange(steps)[:, None] < ln[None, :]).astype(
+                    dtype)[:, :, None]
+    if memo_hit is None:
+        _check_known(prog, dims)
+        check_slices(prog, dims)
+        shapes = {i.var.name: tuple(d.evaluate(dims) for d in i.var.shape)
+                  for i in prog.inputs if i.role == "state"}
+        if memo is not None and not lens:
+            masks = {i.var.name: values[i.var.name] for i in prog.inputs if i.role == "mask"}
+            memo[key] = BindMemo(masks, shapes)
+    else:
+        shapes = memo_hit.state_shapes
+    _bind_states(prog, shapes, initial, values, dtype)
     return Bound(dims, values)
 
 
@@ -239,13 +265,14 @@ def _lengths_by_input(seq_names: list[str], lengths: object,
     return out
 
 
-def _bind_states(prog: Program, dims: Mapping[str, int], initial: Mapping[str, np.ndarray] | None,
-                 values: dict[str, np.ndarray], dtype: np.dtype) -> None:
+def _bind_states(prog: Program, shapes: Mapping[str, tuple[int, ...]],
+                 initial: Mapping[str, np.ndarray] | None, values: dict[str, np.ndarray],
+                 dtype: np.dtype) -> None:
     initial = dict(initial or {})
     for info in prog.inputs:
         if info.role != "state":
             continue
-        shape = tuple(d.evaluate(dims) for d in info.var.shape)
+        shape = shapes[info.var.name]
         got = initial.pop(info.var.name, None)
         if got is None:
             values[info.var.name] = np.zeros(shape, dtype)

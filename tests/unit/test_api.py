@@ -166,3 +166,26 @@ def test_cuda_target_without_gpu_is_a_clear_error() -> None:
     with pytest.raises(RnnUserError) as exc:
         rnnlang.compile(SPEC, target="cuda")
     assert "cuda" in exc.value.render().lower()
+
+
+def test_sizes_remembered_per_call_never_mix_lengths_or_shapes(cache_dir: Path) -> None:
+    """Binding remembers masks and checks per sizes (a small model's forward cost as much
+    again without it); lengths and new sizes must still take effect on every call."""
+    m = rnnlang.compile(SPEC, cache_dir=cache_dir, dtype="float64")
+    ref = rnnlang.compile(SPEC, target="reference", dtype="float64")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 3, 4))
+    full = m.forward({"x": x})
+    ref.params = {k: v.copy() for k, v in m.params.items()}
+    lengths = np.array([5, 2, 4])
+    short = m.forward({"x": x}, lengths=lengths)
+    again = m.forward({"x": x})
+    want_short = ref.forward({"x": x}, lengths=lengths)
+    for k in full:
+        np.testing.assert_array_equal(full[k], again[k])
+        np.testing.assert_allclose(short[k], want_short[k], rtol=1e-10, atol=1e-12)
+        assert not np.allclose(short[k], full[k])
+    x7 = rng.normal(size=(7, 3, 4))
+    got, want = m.forward({"x": x7}), ref.forward({"x": x7})
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12)
