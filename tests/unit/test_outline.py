@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import rnnlang
 from rnnlang.codegen.outline import Outlined, outline_loop
@@ -64,3 +65,26 @@ def test_loops_reading_outer_values_of_their_own_names_stay_inline() -> None:
     assert outline_loop(w2, 1, "loop", out) and len(out.functions) == 1  # same up to names
     w3 = _writer("for t in range(n):\n    u = a[t]\n    a[t] = u * K_3_0\n")
     assert outline_loop(w3, 1, "loop", out) and len(out.functions) == 2
+
+
+def test_functions_whose_loops_stay_inline_are_jitted_whole(
+        cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a loop cannot be outlined (simulated: outlining refused for pointwise loops), the
+    top-level function keeps its loops and is compiled as a whole, and computes the same."""
+    import rnnlang.codegen.cpu as cpu
+
+    real = cpu.outline_loop
+    monkeypatch.setattr(cpu, "outline_loop", lambda w, start, title, out: (
+        False if title.startswith("pointwise") else real(w, start, title, out)))
+    m = rnnlang.compile(STACK, cache_dir=cache_dir, dtype="float64")
+    src = m._executor().source
+    for fn in ("forward", "forward_train", "backward"):
+        head = src.split(f"\ndef {fn}(")[0].rstrip().splitlines()[-1]
+        assert head.startswith("@njit("), (fn, head)
+    ref = rnnlang.compile(STACK, target="reference", dtype="float64")
+    ref.params = {k: v.copy() for k, v in m.params.items()}
+    x = np.random.default_rng(1).normal(size=(4, 2, 3))
+    cot = {"y": np.ones((4, 2, 5))}
+    a, b = m.vjp({"x": x}, cot), ref.vjp({"x": x}, cot)
+    for k in b.params:
+        np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-10, atol=1e-12)
