@@ -123,11 +123,10 @@ def _xgemm(typingctx, ta, tb, m, n, k, a, lda, b, ldb, c, ldc):  # type: ignore[
 
 
 _N, _T = 78, 84  # ord("N"), ord("T")
-_INT32_MAX = 2**31 - 1
 
-
-# One function, no helpers: each jitted function costs Numba 0.2-0.4 s of cold compile per
-# signature, so the operand logic is written out twice rather than called.
+# One small function, no helpers and one raise: each jitted function costs Numba 0.1-0.2 s of
+# cold compile per signature before its body counts, and every extra raise and builtin call
+# adds to it (a version with five raises and max() of six took 0.72 s, this one ~0.2 s).
 @njit(cache=True, nogil=True, error_model="numpy")
 def gemm(a, b, out):  # type: ignore[no-untyped-def]
     """out[...] = a @ b for 2-D float arrays of one dtype. Each operand needs one unit-stride
@@ -137,36 +136,34 @@ def gemm(a, b, out):  # type: ignore[no-untyped-def]
     ``T`` for one stored by columns."""
     m, k = a.shape
     n = b.shape[1]
-    if b.shape[0] != k or out.shape[0] != m or out.shape[1] != n:
-        raise ValueError("gemm: shapes do not match")
-    if m == 0 or n == 0:
-        return
-    if k == 0:
+    if m * n * k == 0:  # empty arrays have zero strides: no BLAS call, C = 0
+        if b.shape[0] != k or out.shape[0] != m or out.shape[1] != n:
+            raise ValueError("gemm: shapes do not match")
         for i in range(m):
             for j in range(n):
                 out[i, j] = 0
         return
     item = out.itemsize
+    a0, a1 = a.strides
+    b0, b1 = b.strides
+    # stored by rows when the column stride is one item (or there is one column)
+    if a1 == item or k == 1:
+        ta, lda, bad = _N, a0 // item if m > 1 else k, (a0 < k * item) & (m > 1)
+    else:
+        ta, lda, bad = _T, a1 // item if k > 1 else m, ((a0 != item) & (m > 1)) | (a1 < m * item)
+    if b1 == item or n == 1:
+        tb, ldb = _N, b0 // item if k > 1 else n
+        bad |= (b0 < n * item) & (k > 1)
+    else:
+        tb, ldb = _T, b1 // item if n > 1 else k
+        bad |= ((b0 != item) & (k > 1)) | (b1 < k * item)
     ldc = out.strides[0] // item if m > 1 else n
-    if (n > 1 and out.strides[1] != item) or ldc < n:
-        raise ValueError("gemm: the output needs unit-stride rows")
-    s0, s1 = a.strides
-    if (s1 == item or k == 1) and (m == 1 or (s0 >= k * item and s0 % item == 0)):
-        ta, lda = _N, max(s0 // item if m > 1 else k, k)
-    elif (s0 == item or m == 1) and (k == 1 or (s1 >= m * item and s1 % item == 0)):
-        ta, lda = _T, max(s1 // item if k > 1 else m, m)
-    else:
-        raise ValueError("gemm: an operand needs one unit-stride axis")
-    s0, s1 = b.strides
-    if (s1 == item or n == 1) and (k == 1 or (s0 >= n * item and s0 % item == 0)):
-        tb, ldb = _N, max(s0 // item if k > 1 else n, n)
-    elif (s0 == item or k == 1) and (n == 1 or (s1 >= k * item and s1 % item == 0)):
-        tb, ldb = _T, max(s1 // item if n > 1 else k, k)
-    else:
-        raise ValueError("gemm: an operand needs one unit-stride axis")
-    if max(m, n, k, lda, ldb, ldc) > _INT32_MAX:
-        raise ValueError("gemm: a matrix is too large for 32-bit BLAS")
-    _xgemm(tb, ta, n, m, k, b, ldb, a, lda, out, ldc)
+    bad |= (b.shape[0] != k) | (out.shape[0] != m) | (out.shape[1] != n) | (ldc < n)
+    bad |= ((out.strides[1] != item) & (n > 1)) | ((m | n | k | lda | ldb | ldc) >= 2**31)
+    bad |= ((a0 | a1 | b0 | b1) % item != 0) | (a0 < 0) | (a1 < 0) | (b0 < 0) | (b1 < 0)
+    if bad:
+        raise ValueError("gemm: shapes do not match, or an operand has no unit-stride axis")
+    _xgemm(tb, ta, n, m, k, b, max(ldb, 1), a, max(lda, 1), out, max(ldc, 1))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

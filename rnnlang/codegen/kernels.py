@@ -102,17 +102,23 @@ def _sign(x):  # type: ignore[no-untyped-def]
     return 1.0 if x > 0.0 else (-1.0 if x < 0.0 else 0.0)
 
 
+# The sequence products call gemm themselves (not matmul): one jitted layer less per layout
+# is ~0.2 s less cold compile each.
 @njit(cache=True, error_model="numpy")
 def mm3(a, w):  # type: ignore[no-untyped-def]
     """(T, B, n) @ (n, m) as one GEMM over all steps."""
     t, b, n = a.shape
-    return matmul(np.ascontiguousarray(a).reshape(t * b, n), w).reshape(t, b, w.shape[1])
+    out = np.empty((t * b, w.shape[1]), a.dtype)
+    gemm(np.ascontiguousarray(a).reshape(t * b, n), w, out)
+    return out.reshape(t, b, w.shape[1])
 
 
 @njit(cache=True, error_model="numpy")
 def mm3_nt(g, w):  # type: ignore[no-untyped-def]
     t, b, m = g.shape
-    return matmul(np.ascontiguousarray(g).reshape(t * b, m), w.T).reshape(t, b, w.shape[0])
+    out = np.empty((t * b, w.shape[0]), g.dtype)
+    gemm(np.ascontiguousarray(g).reshape(t * b, m), w.T, out)
+    return out.reshape(t, b, w.shape[0])
 
 
 @njit(cache=True, error_model="numpy")
@@ -120,8 +126,10 @@ def mm3_tn(a, g):  # type: ignore[no-untyped-def]
     """Weight gradient of a hoisted product: one GEMM over all steps."""
     t, b, n = a.shape
     m = g.shape[2]
-    return matmul(np.ascontiguousarray(a).reshape(t * b, n).T,
-                  np.ascontiguousarray(g).reshape(t * b, m))
+    out = np.empty((n, m), a.dtype)
+    gemm(np.ascontiguousarray(a).reshape(t * b, n).T, np.ascontiguousarray(g).reshape(t * b, m),
+         out)
+    return out
 
 
 # 2-D products too go through rnnlang's GEMM (`rnnlang.codegen.blas`), never NumPy's in the
