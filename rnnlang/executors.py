@@ -6,6 +6,7 @@ runs the forward program with residual outputs and then the backward program.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
@@ -197,12 +198,14 @@ def _splittable(plans: dict[str, RowPlan | None], g: Any, n: int) -> tuple[bool,
 
 
 def _blas_limiter(threads: int | None) -> Callable[[], Any] | None:
-    """Limit the BLAS that Numba calls (SciPy's OpenBLAS) while generated code runs.
+    """Limit the BLAS that generated code calls (SciPy's OpenBLAS: `rnnlang.codegen.blas`)
+    while generated code runs.
 
     The time loop makes one small GEMM per step; OpenBLAS worker threads waking for each of
     them cost far more than they save, and stall badly when another process holds a core
     (measured: a 2-layer LSTM step 40-90x slower with 2 threads on a busy 2-core machine).
-    Only SciPy's BLAS is limited, and only during the call, so NumPy elsewhere is untouched."""
+    Only that library is limited (NumPy's own OpenBLAS is left alone), and only during the
+    call."""
     if threads is None:
         return None
     try:
@@ -210,32 +213,49 @@ def _blas_limiter(threads: int | None) -> Callable[[], Any] | None:
     except ImportError:  # pragma: no cover - threadpoolctl is a dependency
         return None
     ctl = ThreadpoolController()
-    blas = [info for info in ctl.info() if info.get("user_api") == "blas"]
-    scipy_paths = [i["filepath"] for i in blas if "scipy" in i["filepath"]]
-    libs = ctl.select(filepath=scipy_paths) if scipy_paths else ctl.select(user_api="blas")
+    blas = [info["filepath"] for info in ctl.info() if info.get("user_api") == "blas"]
+    # SciPy's wheels keep their OpenBLAS in scipy.libs/ (NumPy's, also named
+    # libscipy_openblas..., lives in numpy.libs/); other installs: any path naming scipy
+    paths = [p for p in blas if os.path.basename(os.path.dirname(p)) == "scipy.libs"] or [
+        p for p in blas if "scipy" in p]
+    libs = ctl.select(filepath=paths) if paths else ctl.select(user_api="blas")
     if not libs.lib_controllers:
         return None
-    return lambda wide=None: _BlasThreads(libs.lib_controllers, wide or threads)
+    calls = [_thread_calls(lib) for lib in libs.lib_controllers]
+    return lambda wide=None: _BlasThreads(calls, wide or threads)
+
+
+def _thread_calls(lib: Any) -> tuple[Callable[[], int], Callable[[int], Any]]:
+    """The library's own get/set of its thread count: for OpenBLAS's pthreads build the C
+    functions themselves (threadpoolctl's wrappers look the symbols up and take a lock on
+    every call: 6.5 us of a 140 us small forward), otherwise threadpoolctl's methods."""
+    if getattr(lib, "threading_layer", None) != "openmp":
+        get = lib._get_symbol("openblas_get_num_threads")
+        set_ = lib._get_symbol("openblas_set_num_threads")
+        if get is not None and set_ is not None:
+            return get, set_
+    return lib.get_num_threads, lib.set_num_threads
 
 
 class _BlasThreads:
-    """Sets the BLAS thread count for one call and restores it after: the controllers' own
-    get/set (one C call each), not threadpoolctl's ``limit()``, which re-reads every library's
-    info on each use (measured 24 us a call, 15% of a small forward)."""
+    """Sets the BLAS thread count for one call and restores it after: one C call each, not
+    threadpoolctl's ``limit()``, which re-reads every library's info on each use (measured 24
+    us a call, 15% of a small forward)."""
 
-    def __init__(self, libs: list[Any], n: int) -> None:
-        self.libs, self.n, self.prev = libs, n, [0] * len(libs)
+    def __init__(self, calls: list[tuple[Callable[[], int], Callable[[int], Any]]],
+                 n: int) -> None:
+        self.calls, self.n, self.prev = calls, n, [0] * len(calls)
 
     def __enter__(self) -> None:
-        for k, lib in enumerate(self.libs):
-            self.prev[k] = lib.get_num_threads()
+        for k, (get, set_) in enumerate(self.calls):
+            self.prev[k] = get()
             if self.prev[k] != self.n:
-                lib.set_num_threads(self.n)
+                set_(self.n)
 
     def __exit__(self, *exc: object) -> None:
-        for k, lib in enumerate(self.libs):
+        for k, (_get, set_) in enumerate(self.calls):
             if self.prev[k] != self.n:
-                lib.set_num_threads(self.prev[k])
+                set_(self.prev[k])
 
 
 def check_cuda_available() -> None:

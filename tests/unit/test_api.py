@@ -189,3 +189,28 @@ def test_sizes_remembered_per_call_never_mix_lengths_or_shapes(cache_dir: Path) 
     got, want = m.forward({"x": x7}), ref.forward({"x": x7})
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12)
+
+
+def test_blas_threads_limited_only_for_rnnlangs_blas_and_restored(cache_dir: Path) -> None:
+    """blas_threads=1 limits the BLAS generated code calls (SciPy's) during a call and puts
+    the count back after; NumPy's own OpenBLAS is never touched."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    m = rnnlang.compile(SPEC, cache_dir=cache_dir, blas_threads=1)
+    limit = m._executor()._limit
+    if limit is None:
+        pytest.skip("no controllable BLAS found")
+
+    def counts() -> dict[str, int]:
+        return {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i.get("user_api") == "blas"}
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = counts()
+        if all(n == 1 for n in before.values()):
+            pytest.skip("BLAS runs one thread here: nothing to limit")
+        with limit():
+            inside = counts()
+        assert counts() == before
+    changed = {p for p in before if inside[p] != before[p]}
+    assert changed and all(inside[p] == 1 for p in changed)
+    assert not any("numpy.libs" in p for p in changed)
