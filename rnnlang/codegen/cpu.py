@@ -227,16 +227,19 @@ def _keep_set(eqns: tuple[Eqn, ...], groups: list[list[Eqn]], live_out: set[str]
 
 
 # ---- structural ops -------------------------------------------------------------------------
-def _copy_loop(f: _Fn, dst: str, src: Var, acc: bool = False, offset: str = "") -> None:
-    """dst[i..., offset + j] (+)= src[i..., j] as a loop nest: an array assigned to a slice
-    would make Numba compile its shape-mismatch error path (seconds of string formatting)."""
+def _copy_loop(f: _Fn, dst: str, src: Var, acc: bool = False, offset: str = "",
+               prefix: str = "") -> None:
+    """dst[prefix, i..., offset + j] (+)= src[i..., j] as a loop nest (here and in scan
+    bodies): an array assigned to a slice would make Numba compile its shape-mismatch error
+    path (seconds of string formatting)."""
     idx = [f"i{k}" for k in range(len(src.shape))]
     depth = f.w.depth
     for k, d in enumerate(src.shape):
         f.w.line(f"for {idx[k]} in range({f.dim(d)}):")
         f.w.depth += 1
     didx = idx[:-1] + [f"{offset} + {idx[-1]}"] if offset and idx else idx
-    f.w.line(f"{dst}[{', '.join(didx)}] {'+=' if acc else '='} {_ref(f, src, src.shape, idx)}")
+    where = ", ".join(([prefix] if prefix else []) + didx)
+    f.w.line(f"{dst}[{where}] {'+=' if acc else '='} {_ref(f, src, src.shape, idx)}")
     f.w.depth = depth
 
 

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from rnnlang.codegen.cpu import _Fn, _groups, _keep_set, _ref, _sum_to, _View, emit_pointwise_group
+from rnnlang.codegen.cpu import (
+    _copy_loop,
+    _Fn,
+    _groups,
+    _keep_set,
+    _sum_to,
+    _View,
+    emit_pointwise_group,
+)
 from rnnlang.codegen.outline import outline_loop
 from rnnlang.diagnostics import InternalCompilerError
 from rnnlang.ir.nodes import ConstRef, Eqn, ScanSpec, Store, SumTo, Tap, Var
 from rnnlang.ir.ops import OPS
 
 _MATERIALIZE = {"matmul": (0,), "matmul_nt": (0,), "matmul_tn": (0, 1)}
-
-
-def _loop_copy(f: _Fn, base: str, prefix: str, src: Var, acc: bool) -> None:
-    idx = [f"i{k}" for k in range(len(src.shape))]
-    depth = f.w.depth
-    for k, d in enumerate(src.shape):
-        f.w.line(f"for {idx[k]} in range({f.dim(d)}):")
-        f.w.depth += 1
-    where = ", ".join(([prefix] if prefix else []) + idx)
-    f.w.line(f"{base}[{where}] {'+=' if acc else '='} {_ref(f, src, src.shape, idx)}")
-    f.w.depth = depth
 
 
 def _time(off: int) -> str:
@@ -173,7 +170,7 @@ def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str]) -> None:
     ins = []
     for k, x in enumerate(e.inputs):
         if isinstance(x, Var) and x.name in scratch and k in _MATERIALIZE.get(e.op, ()):
-            _loop_copy(f, scratch[x.name], "", x, False)
+            _copy_loop(f, scratch[x.name], x)
             ins.append(scratch[x.name])
         else:
             ins.append(f.id(x) if isinstance(x, Var) else repr(x))
@@ -188,7 +185,7 @@ def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str]) -> None:
             f.w.line(f"{o}[...] = 0.0")
             src = e.inputs[0]
             assert isinstance(src, Var)
-            _loop_copy_offset(f, o, src, f.dim(a["start"]))
+            _copy_loop(f, o, src, offset=f.dim(a["start"]))
         case "concat" if all(isinstance(x, Var) and x.name in f.views
                              and f.views[x.name].base == o for x in e.inputs):
             pass  # its parts were written in place (not merely views: slices of another array)
@@ -196,7 +193,7 @@ def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str]) -> None:
             start = None
             for x in e.inputs:
                 assert isinstance(x, Var)
-                _loop_copy_offset(f, o, x, start or "0")
+                _copy_loop(f, o, x, offset=start or "0")
                 nxt = x.shape[-1]
                 start = f"{start} + {f.dim(nxt)}" if start else f.dim(nxt)
         case "sum_to":
@@ -207,31 +204,20 @@ def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str]) -> None:
             raise InternalCompilerError(f"cpu codegen: op '{e.op}' cannot appear in a loop body")
 
 
-def _loop_copy_offset(f: _Fn, dst: str, src: Var, off: str) -> None:
-    idx = [f"i{k}" for k in range(len(src.shape))]
-    depth = f.w.depth
-    for k, d in enumerate(src.shape):
-        f.w.line(f"for {idx[k]} in range({f.dim(d)}):")
-        f.w.depth += 1
-    target = ", ".join(idx[:-1] + [f"{off} + {idx[-1]}"])
-    f.w.line(f"{dst}[{target}] = {_ref(f, src, src.shape, idx)}")
-    f.w.depth = depth
-
-
 def _stores(f: _Fn, spec: ScanSpec, arrays: list[str], sums: list[str], spills: list[str],
             T: str, direct: dict[str, str]) -> None:
     for v, ob in zip(spec.body.outputs, spec.out_bind, strict=True):
         if isinstance(ob, SumTo):
-            _loop_copy(f, sums[ob.index], "", v, True)
+            _copy_loop(f, sums[ob.index], v, acc=True)
             continue
         if v.name in direct and arrays[ob.array] == direct[v.name] and ob.offset == 0:
             continue
         when = _time(ob.offset)
         if ob.offset == 0:
-            _loop_copy(f, arrays[ob.array], when, v, ob.accumulate)
+            _copy_loop(f, arrays[ob.array], v, ob.accumulate, prefix=when)
             continue
         with f.w.block(f"if {_in_range(ob.offset, T)}:"):
-            _loop_copy(f, arrays[ob.array], when, v, ob.accumulate)
+            _copy_loop(f, arrays[ob.array], v, ob.accumulate, prefix=when)
         if ob.spill is not None:
             with f.w.block("else:"):
-                _loop_copy(f, spills[ob.spill], "", v, True)
+                _copy_loop(f, spills[ob.spill], v, acc=True)
