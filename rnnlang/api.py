@@ -111,8 +111,8 @@ class Model:
         self._exec: Any = None
         self._param_sizes: dict[tuple[tuple[str, int], ...], dict[str, tuple[int, ...]]] = {}
         self._bind_memo: dict[Any, BindMemo] = {}
-        self._static_known = False
-        if param_dims_known(program, static):
+        self._static_known = param_dims_known(program, static)
+        if self._static_known:
             self.params = init_params(program, static, self.dtype, options.seed)
 
     # descriptive ----------------------------------------------------------------------------
@@ -177,13 +177,11 @@ class Model:
         bound.values.update(device)
         if not self.params:
             self.params = init_params(self.program, bound.dims, self.dtype, self.options.seed)
-        if not self._static_known:
-            if param_dims_known(self.program, self.static):
-                self._static_known = True  # then it stays so: checked once, not per call
-            else:
-                # sizes read from the first data are fixed from now on, like the parameters
-                model_dims = {n for n, _ in self.program.dims}
-                self.static.update({k: v for k, v in bound.dims.items() if k in model_dims})
+        if not self._static_known:  # once known, sizes stay known: not re-derived per call
+            # sizes read from the first data are fixed from now on, like the parameters
+            model_dims = {n for n, _ in self.program.dims}
+            self.static.update({k: v for k, v in bound.dims.items() if k in model_dims})
+            self._static_known = param_dims_known(self.program, self.static)
         self._check_params(bound.dims)
         return bound
 

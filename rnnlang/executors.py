@@ -229,9 +229,9 @@ def _thread_calls(lib: Any) -> tuple[Callable[[], int], Callable[[int], Any]]:
     """The library's own get/set of its thread count: for OpenBLAS's pthreads build the C
     functions themselves (threadpoolctl's wrappers look the symbols up and take a lock on
     every call: 6.5 us of a 140 us small forward), otherwise threadpoolctl's methods."""
-    if getattr(lib, "threading_layer", None) != "openmp":
-        get = lib._get_symbol("openblas_get_num_threads")
-        set_ = lib._get_symbol("openblas_set_num_threads")
+    symbol = getattr(lib, "_get_symbol", None)  # threadpoolctl internals: may change
+    if symbol is not None and getattr(lib, "threading_layer", None) != "openmp":
+        get, set_ = symbol("openblas_get_num_threads"), symbol("openblas_set_num_threads")
         if get is not None and set_ is not None:
             return get, set_
     return lib.get_num_threads, lib.set_num_threads

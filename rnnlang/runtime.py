@@ -155,7 +155,7 @@ def bind_inputs(prog: Program, static: Mapping[str, int], inputs: Mapping[str, n
         values[name] = np.ascontiguousarray(arr, dtype=dtype)
         if info.role == "seq":
             seq_names.append(name)
-    key = (tuple(sorted(dims.items())), np.dtype(dtype).str)
+    key = tuple(sorted(dims.items()))  # a memo belongs to one model, so to one dtype
     memo_hit = memo.get(key) if memo is not None else None
     if memo_hit is None:
         _check_activation_budget(dims)
@@ -169,29 +169,36 @@ def bind_inputs(prog: Program, static: Mapping[str, int], inputs: Mapping[str, n
                              f"with kernel {k}")
             src_len = lens.get(src, np.full(dims["B"], dims[src]))
             lens[d] = np.clip((src_len + 2 * pad - k) // stride + 1, 1, dims[d])
-    if memo_hit is not None and not lens:
-        values.update(memo_hit.masks)  # never written by generated code: shared safely
-    else:
-        for info in prog.inputs:
-            if info.role == "mask":
-                t = info.time.symbols[0] if info.time is not None and info.time.symbols else None
-                steps = dims[t] if t is not None else info.time.const  # type: ignore[union-attr]
-                ln = lens.get(t, np.full(dims["B"], steps)) if t is not None else np.full(
-                    dims["B"], steps)
-                values[info.var.name] = (np.arange(steps)[:, None] < ln[None, :]).astype(
-                    dtype)[:, :, None]
+    # full-length masks and state shapes depend on the sizes alone: remembered per sizes
+    masks = memo_hit.masks if memo_hit is not None and not lens else _masks(prog, dims, lens,
+                                                                             dtype)
+    values.update(masks)  # never written by generated code: a remembered mask is shared safely
     if memo_hit is None:
         _check_known(prog, dims)
         check_slices(prog, dims)
         shapes = {i.var.name: tuple(d.evaluate(dims) for d in i.var.shape)
                   for i in prog.inputs if i.role == "state"}
         if memo is not None and not lens:
-            masks = {i.var.name: values[i.var.name] for i in prog.inputs if i.role == "mask"}
             memo[key] = BindMemo(masks, shapes)
     else:
         shapes = memo_hit.state_shapes
     _bind_states(prog, shapes, initial, values, dtype)
     return Bound(dims, values)
+
+
+def _masks(prog: Program, dims: Mapping[str, int], lens: Mapping[str, np.ndarray],
+           dtype: np.dtype) -> dict[str, np.ndarray]:
+    """(T, B, 1) step masks of the sequence inputs: 1 up to each row's length."""
+    out = {}
+    for info in prog.inputs:
+        if info.role == "mask":
+            t = info.time.symbols[0] if info.time is not None and info.time.symbols else None
+            steps = dims[t] if t is not None else info.time.const  # type: ignore[union-attr]
+            ln = lens.get(t, np.full(dims["B"], steps)) if t is not None else np.full(
+                dims["B"], steps)
+            out[info.var.name] = (np.arange(steps)[:, None] < ln[None, :]).astype(
+                dtype)[:, :, None]
+    return out
 
 
 def _check_known(prog: Program, dims: Mapping[str, int]) -> None:

@@ -73,7 +73,6 @@ def bind() -> None:
 bind()
 
 
-
 @intrinsic
 def _xgemm(typingctx, ta, tb, m, n, k, a, lda, b, ldb, c, ldc):  # type: ignore[no-untyped-def]
     """Fortran ``?gemm(ta, tb, m, n, k, 1, a, lda, b, ldb, 0, c, ldc)`` on the data of arrays
