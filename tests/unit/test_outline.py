@@ -22,6 +22,17 @@ model m(H = 5, F = 3) {
 """
 
 
+def _assert_reference_gradients(m: rnnlang.Model, seed: int) -> None:
+    """The compiled STACK model's parameter gradients equal the reference interpreter's."""
+    ref = rnnlang.compile(STACK, target="reference", dtype="float64")
+    ref.params = {k: v.copy() for k, v in m.params.items()}
+    x = np.random.default_rng(seed).normal(size=(4, 2, 3))
+    cot = {"y": np.ones((4, 2, 5))}
+    a, b = m.vjp({"x": x}, cot), ref.vjp({"x": x}, cot)
+    for k in b.params:
+        np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-10, atol=1e-12)
+
+
 def test_identical_layers_share_one_loop(cache_dir: Path) -> None:
     m = rnnlang.compile(STACK, cache_dir=cache_dir, dtype="float64")
     src = m._executor().source
@@ -35,13 +46,7 @@ def test_identical_layers_share_one_loop(cache_dir: Path) -> None:
         assert "for " not in body  # every loop lives in a shared jitted function
         assert f"@njit(cache=True, nogil=True, fastmath=kernels.FASTMATH, error_model=\"numpy\")" \
             f"\ndef {fn}(" not in src  # so the function itself is plain Python
-    ref = rnnlang.compile(STACK, target="reference", dtype="float64")
-    ref.params = {k: v.copy() for k, v in m.params.items()}
-    x = np.random.default_rng(0).normal(size=(4, 2, 3))
-    cot = {"y": np.ones((4, 2, 5))}
-    a, b = m.vjp({"x": x}, cot), ref.vjp({"x": x}, cot)
-    for k in b.params:
-        np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-10, atol=1e-12)
+    _assert_reference_gradients(m, seed=0)
 
 
 def _writer(text: str) -> CodeWriter:
@@ -81,10 +86,4 @@ def test_functions_whose_loops_stay_inline_are_jitted_whole(
     for fn in ("forward", "forward_train", "backward"):
         head = src.split(f"\ndef {fn}(")[0].rstrip().splitlines()[-1]
         assert head.startswith("@njit("), (fn, head)
-    ref = rnnlang.compile(STACK, target="reference", dtype="float64")
-    ref.params = {k: v.copy() for k, v in m.params.items()}
-    x = np.random.default_rng(1).normal(size=(4, 2, 3))
-    cot = {"y": np.ones((4, 2, 5))}
-    a, b = m.vjp({"x": x}, cot), ref.vjp({"x": x}, cot)
-    for k in b.params:
-        np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-10, atol=1e-12)
+    _assert_reference_gradients(m, seed=1)
