@@ -51,6 +51,21 @@ def test_rnnc_prints_cuda_source_without_a_gpu(tmp_path: Path) -> None:
     assert text.count("_scan(") >= 6  # a persistent kernel per scan: definitions and launches
 
 
+def test_uploads_have_canonical_strides() -> None:
+    """Masks are (T, B, 1) views with a 0 stride on the last axis (NumPy still calls them
+    C-contiguous); numba-cuda's copy walked such arrays element by element in Python, so
+    every host array is uploaded with canonical strides."""
+    from rnnlang.executors_cuda import c_order
+    m = rnnlang.compile("model m(H, F) {\n  input x: seq[F]\n  h = elman(H) over x\n"
+                        "  output y = h\n}\n", H=H, F=F)
+    b = m._bind({"x": np.ones((T, B, F))}, {}, None, None)
+    mask = next(v for k, v in b.values.items() if k.startswith("mask"))
+    for host in (mask, np.ones((5, 3))[:, :, None]):
+        a = c_order(host, np.float32)
+        assert a.dtype == np.float32 and np.array_equal(a, host)
+        assert a.strides == tuple(4 * int(np.prod(a.shape[i + 1:])) for i in range(a.ndim))
+
+
 if not (IN_SIM or REAL_GPU):
 
     def start_simulator_run() -> tuple[subprocess.Popen[bytes], Path]:
