@@ -70,6 +70,7 @@ class CpuExecutor:
     up."""
 
     def __init__(self, model: Model):
+        from rnnlang.codegen.blas import select
         from rnnlang.codegen.load import load_module
         from rnnlang.codegen.module import emit_cpu_module
 
@@ -82,6 +83,7 @@ class CpuExecutor:
             source_text=model.source_text, passes=tuple(model.pass_log.applied))
         self.module = load_module(self.source, model.options.cache_dir)
         self._limit = _blas_limiter(model.options.blas_threads)
+        self._select_blas = select
         self.pool = Pool(model.options.threads or default_threads())
         self._part_memo: dict[tuple[Any, ...], tuple[list[tuple[int, int]], bool]] = {}
         self.plans = {k: row_plan(p) for k, p in self.programs.items()}
@@ -94,7 +96,10 @@ class CpuExecutor:
         return list(getattr(self.module, fn)(*[vals[v.name] for v in prog.param_vars
                                                + prog.input_vars], d))
 
-    def _limited(self, wide: bool) -> Any:
+    def _limited(self, wide: bool, sliced: bool) -> Any:
+        """The BLAS settings for one call: its library (`rnnlang.codegen.blas.select`: NumPy's
+        OpenBLAS only for calls on one thread) and its thread count."""
+        self._select_blas(wide or sliced)
         if self._limit is None:
             return nullcontext()
         return self._limit(self.pool.threads if wide else None)
@@ -140,7 +145,7 @@ class CpuExecutor:
 
     def forward(self, b: Bound) -> list[np.ndarray]:
         parts, wide = self._parts("forward", b, self.split_forward)
-        with self._limited(wide):
+        with self._limited(wide, len(parts) > 1):
             if len(parts) == 1:
                 return self._run("forward", b.dims, {**self.m.params, **b.values})
             res = self.pool.map(lambda k: self._run("forward", *self._sliced(
@@ -159,7 +164,7 @@ class CpuExecutor:
             return self._run("forward_train", *self._sliced(
                 "forward_train", parts[k], b, b.values, self.m.params))
 
-        with self._limited(wide):
+        with self._limited(wide, len(parts) > 1):
             fwd = self.pool.map(ahead, len(parts))
         plan = self.plans["forward_train"]
         outs = fwd[0][:n] if len(parts) == 1 else join(fwd, plan)[:n]  # type: ignore[arg-type]
@@ -173,7 +178,7 @@ class CpuExecutor:
             return self._run("backward", *self._sliced(
                 "backward", parts[k], b, {**b.values, **cots}, {**self.m.params, **res}))
 
-        with self._limited(wide):
+        with self._limited(wide, len(parts) > 1):
             grads = self.pool.map(back, len(parts))
         return outs, grads[0] if len(parts) == 1 else join(
             grads, self.plans["backward"])  # type: ignore[arg-type]
@@ -198,26 +203,30 @@ def _splittable(plans: dict[str, RowPlan | None], g: Any, n: int) -> tuple[bool,
 
 
 def _blas_limiter(threads: int | None) -> Callable[[], Any] | None:
-    """Limit the BLAS that generated code calls (SciPy's OpenBLAS: `rnnlang.codegen.blas`)
-    while generated code runs.
+    """Limit the BLAS libraries that generated code calls (`rnnlang.codegen.blas`: SciPy's
+    OpenBLAS, and NumPy's when it was bound) while generated code runs.
 
     The time loop makes one small GEMM per step; OpenBLAS worker threads waking for each of
     them cost far more than they save, and stall badly when another process holds a core
     (measured: a 2-layer LSTM step 40-90x slower with 2 threads on a busy 2-core machine).
-    Only that library is limited (NumPy's own OpenBLAS is left alone), and only during the
-    call."""
+    Only those libraries are limited, and only during the call (OpenBLAS's count is per
+    process: NumPy code running on another thread meanwhile sees the limit too)."""
     if threads is None:
         return None
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - threadpoolctl is a dependency
         return None
+    from rnnlang.codegen import blas
     ctl = ThreadpoolController()
-    blas = [info["filepath"] for info in ctl.info() if info.get("user_api") == "blas"]
+    found = [info["filepath"] for info in ctl.info() if info.get("user_api") == "blas"]
     # SciPy's wheels keep their OpenBLAS in scipy.libs/ (NumPy's, also named
     # libscipy_openblas..., lives in numpy.libs/); other installs: any path naming scipy
-    paths = [p for p in blas if os.path.basename(os.path.dirname(p)) == "scipy.libs"] or [
-        p for p in blas if "scipy" in p]
+    paths = [p for p in found if os.path.basename(os.path.dirname(p)) == "scipy.libs"] or [
+        p for p in found if "scipy" in p and "numpy" not in p]
+    if blas.LIBRARY is not None:  # NumPy's, which whole-batch calls use
+        bound = os.path.realpath(blas.LIBRARY)
+        paths += [p for p in found if os.path.realpath(p) == bound]
     libs = ctl.select(filepath=paths) if paths else ctl.select(user_api="blas")
     if not libs.lib_controllers:
         return None

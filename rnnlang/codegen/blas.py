@@ -1,13 +1,25 @@
-"""GEMM for generated code: SciPy's BLAS ``sgemm``/``dgemm`` called by symbol name.
+"""GEMM for generated code: an OpenBLAS ``sgemm``/``dgemm`` called by symbol name.
 
 Why not ``np.dot`` inside ``@njit``: Numba compiles its ``np.dot`` anew for every layout
 combination in every process (measured 0.2-0.8 s each, 2-3 s of a 2-layer LSTM's cold compile),
 and loads it through ``scipy.linalg``, whose import is a third of a cached start. Here the
-BLAS routine is found once per process (SciPy's ``cython_blas`` capsule table, the same
-functions Numba would call) and registered with LLVM under a fixed name (``rnnlang_sgemm``),
-so compiled code refers to the name, not to an address, and Numba's on-disk cache stays valid
-across processes. `gemm` reads strides at run time, so transposed operands and rows cut from a
-bigger array go to BLAS as they are, without copies.
+BLAS routine is found once per process and registered with LLVM under a fixed name
+(``rnnlang_sgemm64``), so compiled code refers to the name, not to an address, and Numba's
+on-disk cache stays valid across processes. `gemm` reads strides at run time, so transposed
+operands and rows cut from a bigger array go to BLAS as they are, without copies.
+
+Which BLAS: SciPy's (``cython_blas``'s capsule table), and for calls that run on one thread
+the OpenBLAS inside NumPy's wheel when there is one (``numpy.libs``), which was faster there
+(`select` has the figures). The registered name is a dispatcher that calls whichever `select`
+chose. NumPy's takes 64-bit integers, SciPy's 32-bit ones, so the name always stands for the
+64-bit interface, and SciPy's routine is reached through a small narrowing function built
+here with llvmlite: cached code never depends on which library was found.
+``RNNLANG_BLAS=scipy`` makes every call use SciPy's.
+
+The 32-bit names (``rnnlang_sgemm``) stay registered, bound to SciPy's routines: code that an
+earlier rnnlang left in Numba's cache calls them, and LLVM aborts the process on a symbol it
+cannot resolve (Numba checks only a cached function's own file for staleness, not the files
+of the functions it calls).
 """
 
 from __future__ import annotations
@@ -27,7 +39,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-SYMBOLS = {"sgemm": "rnnlang_sgemm", "dgemm": "rnnlang_dgemm"}
+SYMBOLS = {"sgemm": "rnnlang_sgemm64", "dgemm": "rnnlang_dgemm64"}  # 64-bit integers
+LEGACY = {"sgemm": "rnnlang_sgemm", "dgemm": "rnnlang_dgemm"}  # 32-bit, SciPy's: old caches
+LIBRARY: str | None = None  # path of the bound OpenBLAS when known (the thread limiter's target)
+_ENGINES: list[object] = []  # llvmlite engines holding the narrowing functions' code
 
 
 def _cython_blas() -> ModuleType:
@@ -62,12 +77,109 @@ def _capsule_pointer(capsule: object) -> int:
     return int(ptr)
 
 
+def _numpy_openblas() -> tuple[str, dict[str, int]] | None:
+    """The 64-bit-integer OpenBLAS inside NumPy's wheel: its path and ?gemm addresses."""
+    root = os.path.dirname(np.__file__)
+    for path in sorted(glob.glob(os.path.join(root + ".libs", "libscipy_openblas64_*"))
+                       + glob.glob(os.path.join(root, ".dylibs", "libscipy_openblas64_*"))):
+        try:
+            lib = ctypes.CDLL(path)  # NumPy loaded it already: the same handle
+        except OSError:
+            continue
+        for prefix in ("scipy_", ""):
+            try:
+                found = {r: ctypes.cast(getattr(lib, f"{prefix}{r}_64_"), ctypes.c_void_p).value
+                         for r in SYMBOLS}
+            except AttributeError:
+                continue
+            return path, {r: int(a) for r, a in found.items() if a}
+    return None
+
+
+def _build(scipy: dict[str, int]) -> dict[str, tuple[int, int, int]]:
+    """Per routine, compiled with llvmlite in a few milliseconds: a function with the
+    64-bit-integer ``?gemm`` signature that narrows the integers and calls SciPy's 32-bit one,
+    a global holding the routine generated code runs, and the dispatcher that calls it
+    (registered under `SYMBOLS`). Returns (narrowing, global, dispatcher) addresses."""
+    i8p, i32, i64 = ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(64)
+    shape = ["c", "c", "i", "i", "i", "f", "f", "i", "f", "i", "f", "f", "i"]
+    mod = ir.Module(name="rnnlang_blas")
+    names = {}
+    for routine, target in scipy.items():
+        fl = ir.FloatType() if routine == "sgemm" else ir.DoubleType()
+        kinds = {"c": i8p, "f": fl.as_pointer()}
+        wide = ir.FunctionType(ir.VoidType(), [kinds.get(k, i64.as_pointer()) for k in shape])
+        narrow = ir.FunctionType(ir.VoidType(), [kinds.get(k, i32.as_pointer()) for k in shape])
+        fn = ir.Function(mod, wide, f"rnnlang_{routine}_narrowing")
+        b = ir.IRBuilder(fn.append_basic_block())
+        args = []
+        for arg, k in zip(fn.args, shape, strict=True):
+            if k == "i":
+                slot = b.alloca(i32)
+                b.store(b.trunc(b.load(arg), i32), slot)
+                arg = slot
+            args.append(arg)
+        b.call(b.inttoptr(ir.Constant(i64, target), narrow.as_pointer()), args)
+        b.ret_void()
+        slot = ir.GlobalVariable(mod, wide.as_pointer(), f"rnnlang_{routine}_target")
+        slot.initializer = fn
+        disp = ir.Function(mod, wide, f"rnnlang_{routine}_dispatch")
+        b = ir.IRBuilder(disp.append_basic_block())
+        b.call(b.load_atomic(slot, "monotonic", 8), list(disp.args))
+        b.ret_void()
+        names[routine] = (fn.name, slot.name, disp.name)
+    llvm.initialize_native_target()  # idempotent; Numba does it only when it first compiles
+    llvm.initialize_native_asmprinter()
+    llmod = llvm.parse_assembly(str(mod))
+    llmod.verify()
+    engine = llvm.create_mcjit_compiler(llmod, llvm.Target.from_default_triple()
+                                        .create_target_machine())
+    engine.finalize_object()
+    _ENGINES.append(engine)
+    return {r: (int(engine.get_function_address(f)), int(engine.get_global_value_address(g)),
+                int(engine.get_function_address(d))) for r, (f, g, d) in names.items()}
+
+
+_TARGETS: dict[str, ctypes.c_void_p] = {}  # the dispatchers' globals
+_CHOICE: dict[bool, dict[str, int]] = {}  # threaded call or not -> routine -> address
+_CURRENT: list[bool | None] = [None]
+
+
+def select(threaded: bool) -> None:
+    """Which library the generated code's GEMMs run on from now on: NumPy's for a call on one
+    thread, SciPy's for one whose GEMMs use BLAS threads or run on several threads at once.
+    Measured in one process, alternating (2-core Xeon, 2026-11-27): single-threaded, NumPy's
+    OpenBLAS 0.3.31 made a (T=100, B=32, H=128) LSTM and GRU 5-13% faster than SciPy's 0.3.30;
+    but with 2 BLAS threads it made them 1.2-2.2x slower (its workers wake slowly between the
+    per-step GEMMs), and it runs concurrent GEMMs one after another (two threads each making
+    16x128x512 products: 47 us per pair against 25 us for one). Any choice computes the same
+    products, so a call racing another call's choice is only slower, never wrong."""
+    if _CURRENT[0] is threaded or not _CHOICE:
+        return
+    for routine, address in _CHOICE[threaded].items():
+        _TARGETS[routine].value = address
+    _CURRENT[0] = threaded
+
+
 def bind() -> None:
-    """Register SciPy's GEMMs with LLVM under `SYMBOLS` (idempotent)."""
+    """Register the GEMMs with LLVM under `SYMBOLS` and `LEGACY` (idempotent)."""
+    global LIBRARY
+    if all(llvm.address_of_symbol(s) for s in (*SYMBOLS.values(), *LEGACY.values())):
+        return
     capi = _cython_blas().__pyx_capi__  # type: ignore[attr-defined]
-    for routine, symbol in SYMBOLS.items():
-        if not llvm.address_of_symbol(symbol):
-            llvm.add_symbol(symbol, _capsule_pointer(capi[routine]))
+    scipy = {r: _capsule_pointer(capi[r]) for r in SYMBOLS}
+    for routine, symbol in LEGACY.items():
+        llvm.add_symbol(symbol, scipy[routine])
+    built = _build(scipy)
+    for routine, (_narrow, target, dispatch) in built.items():
+        _TARGETS[routine] = ctypes.c_void_p.from_address(target)
+        llvm.add_symbol(SYMBOLS[routine], dispatch)
+    found = None if os.environ.get("RNNLANG_BLAS") == "scipy" else _numpy_openblas()
+    if found is not None and len(found[1]) == len(SYMBOLS):
+        LIBRARY = found[0]
+        _CHOICE[True] = {r: built[r][0] for r in SYMBOLS}
+        _CHOICE[False] = found[1]
+        select(False)
 
 
 bind()
@@ -76,8 +188,8 @@ bind()
 @intrinsic
 def _xgemm(typingctx, ta, tb, m, n, k, a, lda, b, ldb, c, ldc):  # type: ignore[no-untyped-def]
     """Fortran ``?gemm(ta, tb, m, n, k, 1, a, lda, b, ldb, 0, c, ldc)`` on the data of arrays
-    ``a``, ``b``, ``c`` of one float dtype (ints are int32 for this BLAS): every argument by
-    reference, so each scalar goes through a stack slot in the entry block."""
+    ``a``, ``b``, ``c`` of one float dtype (64-bit ints: see the module docstring): every
+    argument by reference, so each scalar goes through a stack slot in the entry block."""
     arrays = (a, b, c)
     if not all(isinstance(x, types.Array) for x in arrays) or len({x.dtype for x in arrays}) != 1:
         return None
@@ -91,10 +203,10 @@ def _xgemm(typingctx, ta, tb, m, n, k, a, lda, b, ldb, c, ldc):  # type: ignore[
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         fl = context.get_value_type(dtype)
-        i8, i32 = ir.IntType(8), ir.IntType(32)
-        flp, i8p, i32p = fl.as_pointer(), i8.as_pointer(), i32.as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i8p, i32p, i32p, i32p, flp, flp, i32p,
-                                               flp, i32p, flp, flp, i32p])
+        i8, i64 = ir.IntType(8), ir.IntType(64)
+        flp, i8p, i64p = fl.as_pointer(), i8.as_pointer(), i64.as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i8p, i64p, i64p, i64p, flp, flp, i64p,
+                                               flp, i64p, flp, flp, i64p])
         fn = cgutils.get_or_insert_function(builder.module, fnty, symbol)
         tys = signature.args
 
@@ -113,10 +225,10 @@ def _xgemm(typingctx, ta, tb, m, n, k, a, lda, b, ldb, c, ldc):  # type: ignore[
             return builder.bitcast(arr.data, flp)
 
         builder.call(fn, [slot(0, i8, types.int8), slot(1, i8, types.int8),
-                          slot(2, i32, types.int32), slot(3, i32, types.int32),
-                          slot(4, i32, types.int32), const(1.0), data(5),
-                          slot(6, i32, types.int32), data(7), slot(8, i32, types.int32),
-                          const(0.0), data(9), slot(10, i32, types.int32)])
+                          slot(2, i64, types.int64), slot(3, i64, types.int64),
+                          slot(4, i64, types.int64), const(1.0), data(5),
+                          slot(6, i64, types.int64), data(7), slot(8, i64, types.int64),
+                          const(0.0), data(9), slot(10, i64, types.int64)])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -174,4 +286,4 @@ def matmul(a, b):  # type: ignore[no-untyped-def]
     return out
 
 
-__all__ = ["SYMBOLS", "bind", "gemm", "matmul"]
+__all__ = ["LEGACY", "LIBRARY", "SYMBOLS", "bind", "gemm", "matmul"]

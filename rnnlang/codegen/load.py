@@ -2,12 +2,16 @@
 
 Numba's ``cache=True`` only works for functions defined in real files, so each module lives at
 ``<cache>/<hash>.py`` where the hash covers the source text (itself a pure function of the IR,
-dtype and flags), the rnnlang version and the Numba version. A damaged entry is rewritten.
+dtype and flags), the rnnlang version, the Numba version and the text of the runtime modules
+whose jitted functions generated code calls (`RUNTIME`): Numba links a callee's code into
+each caller's cache entry and checks only the caller's own file for staleness, so a changed
+kernel would otherwise keep running from old entries. A damaged entry is rewritten.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
 import os
@@ -27,9 +31,20 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "rnnlang"
 
 
+RUNTIME = ("kernels.py", "blas.py", "cuda_kernels.py")  # in rnnlang/codegen/
+
+
+@functools.cache
+def runtime_digest() -> str:
+    h = hashlib.sha256()
+    for name in RUNTIME:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
+
+
 def module_key(source: str) -> str:
     h = hashlib.sha256()
-    for part in (source, __version__, numba.__version__):
+    for part in (source, __version__, numba.__version__, runtime_digest()):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:24]

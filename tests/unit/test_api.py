@@ -192,8 +192,12 @@ def test_sizes_remembered_per_call_never_mix_lengths_or_shapes(cache_dir: Path) 
 
 
 def test_blas_threads_limited_only_for_rnnlangs_blas_and_restored(cache_dir: Path) -> None:
-    """blas_threads=1 limits the BLAS generated code calls (SciPy's) during a call and puts
-    the count back after; NumPy's own OpenBLAS is never touched."""
+    """blas_threads=1 limits the BLAS libraries generated code calls (SciPy's OpenBLAS, and
+    NumPy's when `blas.LIBRARY` bound it) during a call and puts the counts back after; no
+    other BLAS library is touched."""
+    import os
+
+    from rnnlang.codegen import blas
     threadpoolctl = pytest.importorskip("threadpoolctl")
     m = rnnlang.compile(SPEC, cache_dir=cache_dir, blas_threads=1)
     limit = m._executor()._limit
@@ -213,4 +217,10 @@ def test_blas_threads_limited_only_for_rnnlangs_blas_and_restored(cache_dir: Pat
         assert counts() == before
     changed = {p for p in before if inside[p] != before[p]}
     assert changed and all(inside[p] == 1 for p in changed)
-    assert not any("numpy.libs" in p for p in changed)
+    ours = {os.path.realpath(p) for p in before if "scipy.libs" in p}
+    if blas.LIBRARY is not None:
+        ours.add(os.path.realpath(blas.LIBRARY))
+    assert {os.path.realpath(p) for p in changed} <= ours
+    bound = [p for p in before if blas.LIBRARY and os.path.realpath(p) == os.path.realpath(
+        blas.LIBRARY)]
+    assert all(inside[p] == 1 for p in bound)

@@ -74,7 +74,8 @@ def test_gemm_rejects_mismatched_shapes_and_outputs_without_unit_stride_rows() -
 
 def test_compiled_callers_load_from_the_cache_in_a_new_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A function calling gemm is cached (no "cannot cache" warning: no address is baked in)
-    and the next process loads it instead of compiling."""
+    and the next process loads it instead of compiling, also when that process binds the
+    other library (SciPy's 32-bit-integer OpenBLAS behind the narrowing function)."""
     mod = tmp_path / "use_gemm.py"
     mod.write_text(textwrap.dedent("""
         import numpy as np
@@ -93,15 +94,48 @@ def test_compiled_callers_load_from_the_cache_in_a_new_process(tmp_path) -> None
         warnings.simplefilter("error")
         import numpy as np
         import use_gemm
-        a = np.arange(6.0, dtype=np.float32).reshape(2, 3)
-        assert np.allclose(use_gemm.f(a, a.T), a @ a.T)
-        print(len(use_gemm.f.stats.cache_hits))
+        from rnnlang.codegen import blas
+        rng = np.random.default_rng(0)
+        for dt in (np.float32, np.float64):
+            a, b = rng.standard_normal((5, 7)).astype(dt), rng.standard_normal((4, 7)).astype(dt)
+            assert np.allclose(use_gemm.f(a, b.T), a @ b.T, rtol=1e-5)
+        print(len(use_gemm.f.stats.cache_hits), blas.LIBRARY is None)
     """)
-    env = {"NUMBA_CACHE_DIR": str(tmp_path / "nb")}
     import os
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "nb")}
+    env.pop("RNNLANG_BLAS", None)
     runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                           env={**os.environ, **env}, timeout=300, check=False)
-            for _ in range(2)]
+                           env={**env, **extra}, timeout=300, check=False)
+            for extra in ({}, {"RNNLANG_BLAS": "scipy"})]
     for r in runs:
         assert r.returncode == 0, r.stderr
-    assert runs[0].stdout.strip() == "0" and runs[1].stdout.strip() == "1"
+    assert runs[0].stdout.split()[0] == "0"
+    assert runs[1].stdout.split() == ["2", "True"]  # cached: one signature per dtype
+
+
+def test_legacy_names_stay_bound_to_scipys_32_bit_routines() -> None:
+    """Code an earlier rnnlang cached calls ``rnnlang_sgemm`` with 32-bit integers: the name
+    must stay bound (LLVM aborts on an unresolved symbol) to SciPy's routine itself."""
+    import llvmlite.binding as llvm
+    capi = blas._cython_blas().__pyx_capi__
+    for routine, symbol in blas.LEGACY.items():
+        assert llvm.address_of_symbol(symbol) == blas._capsule_pointer(capi[routine])
+        assert llvm.address_of_symbol(blas.SYMBOLS[routine]) not in (None, 0)
+
+
+def test_select_switches_the_library_and_both_compute_the_product() -> None:
+    """With NumPy's OpenBLAS bound, `select` points the dispatcher at SciPy's (narrowed to its
+    32-bit integers) for threaded calls and back; both give NumPy's product."""
+    if not blas._CHOICE:
+        pytest.skip("NumPy's OpenBLAS not found here: SciPy's serves every call")
+    rng = np.random.default_rng(3)
+    try:
+        for threaded in (True, False, True):
+            blas.select(threaded)
+            for r, addr in blas._CHOICE[threaded].items():
+                assert blas._TARGETS[r].value == addr
+            for dt in (np.float32, np.float64):
+                a, b = rng.standard_normal((6, 9)).astype(dt), rng.standard_normal((5, 9)).astype(dt)
+                np.testing.assert_allclose(blas.matmul(a, b.T), a @ b.T, rtol=1e-5, atol=1e-5)
+    finally:
+        blas.select(False)

@@ -177,6 +177,23 @@ def test_threads_match_one_thread(cache_dir: Path, monkeypatch: pytest.MonkeyPat
         rnnlang.compile(SPEC, parallel="both")
 
 
+def test_threaded_calls_select_the_threaded_blas(
+        cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every call selects its BLAS (`blas.select`): batch slices and whole-batch calls with BLAS
+    threads select the threaded one (SciPy's), one-thread calls the other (NumPy's)."""
+    monkeypatch.setattr(rnnlang.executors, "MIN_FLOPS", 0)
+    x = np.random.default_rng(0).normal(size=(5, 13, 3))
+    for threads, parallel, want in ((3, "slices", True), (3, "blas", True), (1, "slices", False)):
+        m = rnnlang.compile(SPEC, dtype="float64", cache_dir=cache_dir, threads=threads,
+                            parallel=parallel)
+        ex = m._executor()
+        seen: list[bool] = []
+        monkeypatch.setattr(ex, "_select_blas", seen.append)
+        m.forward({"x": x})
+        m.vjp({"x": x}, {"y": np.ones((5, 13, 2)), "z": np.ones((13, 12))})
+        assert seen == [want] * 3  # forward; forward_train and backward
+
+
 def test_step_gemm_flops_is_the_largest_per_step_product() -> None:
     m = rnnlang.compile("model m(H=6, F=5) { input x: seq[F]  h = lstm(H) over x "
                         "output y = h }", target="reference")
