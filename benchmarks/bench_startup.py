@@ -12,6 +12,11 @@ compile + first forward + first vjp (rnnlang imports NumPy, Numba, Lark and SciP
 their import time falls into these phases; the process's wall time is reported beside).
 
     python benchmarks/bench_startup.py            # 2 cold + 2 cached runs, a table
+    python benchmarks/bench_startup.py --bytecode     # children write .pyc files (Python's
+    python benchmarks/bench_startup.py --no-bytecode  # default) / do not; else as here
+
+Whether the children could write bytecode is in the table: with PYTHONDONTWRITEBYTECODE set and
+an editable install, rnnlang's modules are compiled from source in every process.
 """
 
 from __future__ import annotations
@@ -53,11 +58,20 @@ def child(cache_dir: str) -> dict[str, float]:
     m.vjp({"x": x}, {"y": np.ones_like(y)})
     t4 = time.perf_counter()
     return {"import_s": t1 - t0, "compile_s": t2 - t1, "first_fwd_s": t3 - t2,
-            "first_vjp_s": t4 - t3}
+            "first_vjp_s": t4 - t3, "bytecode": not sys.dont_write_bytecode}
 
 
-def _spawn(cache_dir: str, numba_dir: str, timeout: float) -> dict[str, float]:
+def _spawn(cache_dir: str, numba_dir: str, timeout: float,
+           bytecode: bool | None = None) -> dict[str, Any]:
+    """One child process; ``bytecode`` False/True sets/clears PYTHONDONTWRITEBYTECODE for it
+    (None: as here). Without written bytecode every module of rnnlang is compiled from source
+    in every process (~0.4 s of a cached start here); pip installs and Python's default
+    settings write it."""
     env = dict(os.environ, NUMBA_CACHE_DIR=numba_dir)
+    if bytecode is True:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    elif bytecode is False:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", cache_dir],
                           capture_output=True, text=True, env=env, timeout=timeout, check=False)
@@ -70,8 +84,8 @@ def _spawn(cache_dir: str, numba_dir: str, timeout: float) -> dict[str, float]:
     return res
 
 
-def measure(rounds: int = 2, out: TextIO | None = None, timeout: float = 300.0
-            ) -> dict[str, Any]:
+def measure(rounds: int = 2, out: TextIO | None = None, timeout: float = 300.0,
+            bytecode: bool | None = None) -> dict[str, Any]:
     """``rounds`` cold runs (each on new empty caches), each followed by one cached run."""
     runs: list[dict[str, Any]] = []
     for _ in range(rounds):
@@ -79,8 +93,8 @@ def measure(rounds: int = 2, out: TextIO | None = None, timeout: float = 300.0
             rn, nb = os.path.join(d, "rnnlang"), os.path.join(d, "numba")
             os.makedirs(rn)
             os.makedirs(nb)
-            runs.append({"kind": "cold", **_spawn(rn, nb, timeout)})
-            runs.append({"kind": "cached", **_spawn(rn, nb, timeout)})
+            runs.append({"kind": "cold", **_spawn(rn, nb, timeout, bytecode)})
+            runs.append({"kind": "cached", **_spawn(rn, nb, timeout, bytecode)})
     best = {k: min(r["startup_s"] for r in runs if r["kind"] == k) for k in ("cold", "cached")}
     rep = {"model": SOURCE, "sizes": SIZES, "runs": runs, "best_s": best,
            "targets_s": {"cold": TARGET_COLD_S, "cached": TARGET_CACHED_S}}
@@ -93,12 +107,12 @@ def text(rep: dict[str, Any]) -> str:
     lines = ["\n## rnnlang compile time, 2-layer LSTM (F=64, H=128), fresh processes (s): "
              "import rnnlang, compile(), first forward, first vjp; their sum (the targets' figure); "
              "the whole process",
-             "| run | import | compile | first fwd | first vjp | sum | process |",
-             "|---|---|---|---|---|---|---|"]
+             "| run | import | compile | first fwd | first vjp | sum | process | bytecode written |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rep["runs"]:
         lines.append(f"| {r['kind']} | {r['import_s']:.2f} | {r['compile_s']:.2f} | "
                      f"{r['first_fwd_s']:.2f} | {r['first_vjp_s']:.2f} | {r['startup_s']:.2f} | "
-                     f"{r['process_s']:.2f} |")
+                     f"{r['process_s']:.2f} | {'yes' if r.get('bytecode') else 'no'} |")
     return "\n".join(lines)
 
 
@@ -106,7 +120,8 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--child"]:
         print(json.dumps(child(argv[1])))
         return 0
-    measure(out=sys.stdout)
+    flag = {"--bytecode": True, "--no-bytecode": False}
+    measure(out=sys.stdout, bytecode=flag.get(argv[0]) if argv else None)
     return 0
 
 
