@@ -7,6 +7,7 @@ runs the forward program with residual outputs and then the backward program.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from rnnlang.ir.rows import ROW, SUM, RowPlan, row_flops, row_plan, step_gemm_fl
 from rnnlang.parallel import (
     MIN_FLOPS,
     MIN_ROWS,
+    TUNE_CALLS,
     WIDE_GEMM_FLOPS,
     Pool,
     default_threads,
@@ -86,6 +88,8 @@ class CpuExecutor:
         self._select_blas = select
         self.pool = Pool(model.options.threads or default_threads())
         self._part_memo: dict[tuple[Any, ...], tuple[list[tuple[int, int]], bool]] = {}
+        self._tuning: dict[tuple[Any, ...], _Tune] = {}
+        self._clock = time.perf_counter
         self.plans = {k: row_plan(p) for k, p in self.programs.items()}
         self.split_forward, self.split_train = _splittable(self.plans, g, len(
             model.program.outputs))
@@ -122,6 +126,42 @@ class CpuExecutor:
             got = self._part_memo[key] = self._plan_parts(fn, b, split)
         return got
 
+    def _choose(self, fn: str, b: Bound, split: bool) -> tuple[
+            list[tuple[int, int]], bool, Callable[[float], None] | None]:
+        """The plan of this call: batch slices and whether it runs whole with BLAS threads, and,
+        while ``parallel="auto"`` is still measuring, what to call with its duration.
+
+        Which is faster, two batch slices on two threads or one whole-batch call with BLAS on
+        both, was not stable across hours on the reference VM (T=1000, B=8 GRU forward: slices
+        18 against 24 ms one night, whole 21 against 34 ms the next morning, each interleaved
+        in one process), so "auto" measures instead of trusting a size rule alone: for each
+        sizes, the first call runs the size rule's plan untimed (it may include the JIT),
+        then `_Tune` alternates the candidates, and the fastest is kept."""
+        key = (fn, split, WIDE_GEMM_FLOPS, MIN_FLOPS, tuple(sorted(b.dims.items())))
+        tune = self._tuning.get(key)
+        if tune is None:
+            rule = self._parts(fn, b, split)
+            cands = [rule] + [c for c in self._alternatives(fn, b, split) if c != rule]
+            if self.m.options.parallel != "auto" or len(cands) == 1:
+                return rule[0], rule[1], None
+            tune = self._tuning[key] = _Tune(cands)
+        if tune.best is not None:
+            return tune.best[0], tune.best[1], None
+        k = tune.pick()
+        return tune.cands[k][0], tune.cands[k][1], lambda dt: tune.record(k, dt)
+
+    def _alternatives(self, fn: str, b: Bound, split: bool) -> list[
+            tuple[list[tuple[int, int]], bool]]:
+        """The plans "auto" may measure: whole batch with BLAS threads, and batch slices."""
+        batch = b.dims.get("B", 1)
+        out: list[tuple[list[tuple[int, int]], bool]] = []
+        if self._limit is not None and self.pool.threads > 1:
+            out.append(([(0, batch)], True))
+        if split and self.pool.threads > 1 and batch >= 2 * MIN_ROWS and row_flops(
+                self.programs[fn], b.dims) * batch >= MIN_FLOPS:
+            out.append((slices(batch, self.pool.threads), False))
+        return out
+
     def _plan_parts(self, fn: str, b: Bound, split: bool) -> tuple[list[tuple[int, int]], bool]:
         batch = b.dims.get("B", 1)
         if self._wide(fn, b):
@@ -144,19 +184,25 @@ class CpuExecutor:
         return dict(b.dims, B=hi - lo), out
 
     def forward(self, b: Bound) -> list[np.ndarray]:
-        parts, wide = self._parts("forward", b, self.split_forward)
+        parts, wide, timed = self._choose("forward", b, self.split_forward)
+        t0 = self._clock()
         with self._limited(wide, len(parts) > 1):
             if len(parts) == 1:
-                return self._run("forward", b.dims, {**self.m.params, **b.values})
-            res = self.pool.map(lambda k: self._run("forward", *self._sliced(
-                "forward", parts[k], b, b.values, self.m.params)), len(parts))
-        return join(res, self.plans["forward"])  # type: ignore[arg-type]
+                out = self._run("forward", b.dims, {**self.m.params, **b.values})
+            else:
+                out = join(self.pool.map(lambda k: self._run("forward", *self._sliced(
+                    "forward", parts[k], b, b.values, self.m.params)), len(parts)),
+                    self.plans["forward"])  # type: ignore[arg-type]
+        if timed is not None:
+            timed(self._clock() - t0)
+        return out
 
     def forward_backward(self, b: Bound, seeds: Seeds) -> tuple[list[np.ndarray],
                                                                 list[np.ndarray]]:
         g = self.m.grad_programs()
         n = len(self.m.program.outputs)
-        parts, wide = self._parts("forward_train", b, self.split_train)
+        parts, wide, timed = self._choose("forward_train", b, self.split_train)
+        t0 = self._clock()
 
         def ahead(k: int) -> list[np.ndarray]:
             if len(parts) == 1:
@@ -180,8 +226,34 @@ class CpuExecutor:
 
         with self._limited(wide, len(parts) > 1):
             grads = self.pool.map(back, len(parts))
-        return outs, grads[0] if len(parts) == 1 else join(
-            grads, self.plans["backward"])  # type: ignore[arg-type]
+        res = grads[0] if len(parts) == 1 else join(grads, self.plans["backward"])  # type: ignore[arg-type]
+        if timed is not None:
+            timed(self._clock() - t0)
+        return outs, res
+
+
+class _Tune:
+    """Alternates a call's candidate plans and times them: the first call untimed (the rule's
+    plan; it may include the JIT), then `TUNE_CALLS` timed calls of each candidate in turn,
+    then the one with the smallest best time is `best` for good."""
+
+    def __init__(self, cands: list[tuple[list[tuple[int, int]], bool]]) -> None:
+        self.cands = cands
+        self.times: list[list[float]] = [[] for _ in cands]
+        self.calls = 0
+        self.best: tuple[list[tuple[int, int]], bool] | None = None
+
+    def pick(self) -> int:
+        self.calls += 1
+        return 0 if self.calls == 1 else (self.calls - 2) % len(self.cands)
+
+    def record(self, k: int, seconds: float) -> None:
+        if self.calls == 1:
+            return  # the untimed first call
+        self.times[k].append(seconds)
+        if all(len(t) >= TUNE_CALLS for t in self.times):
+            fastest = min(range(len(self.cands)), key=lambda j: min(self.times[j]))
+            self.best = self.cands[fastest]
 
 
 def _splittable(plans: dict[str, RowPlan | None], g: Any, n: int) -> tuple[bool, bool]:

@@ -30,8 +30,11 @@ MIN_FLOPS = 2e7  # a call cheaper than this (~1 ms) loses more to threads than i
 # large H (B=64, H=512) equal or up to 1.6x faster; at B=8 (T=1000) mixed, so smaller GEMMs keep
 # the slices. Risk: a busy second core stalls every 2-thread GEMM (the blas_threads note).
 WIDE_GEMM_FLOPS = 1e6
-# compile(parallel=...): the size rule above, always batch slices, always whole-batch BLAS
+# compile(parallel=...): measured ("auto": the size rule above for the first call of each
+# sizes, then each candidate timed TUNE_CALLS times, alternating, and the fastest kept), always
+# batch slices, always whole-batch BLAS
 MODES = ("auto", "slices", "blas")
+TUNE_CALLS = 2
 
 
 def default_threads() -> int:
