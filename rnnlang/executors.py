@@ -139,12 +139,14 @@ class CpuExecutor:
         then `_Tune` alternates the candidates, and the fastest is kept."""
         key = (fn, split, WIDE_GEMM_FLOPS, MIN_FLOPS, tuple(sorted(b.dims.items())))
         tune = self._tuning.get(key)
-        if tune is None:
+        if tune is None:  # remembered per sizes, settled at once when there is no choice
             rule = self._parts(fn, b, split)
-            cands = [rule] + [c for c in self._alternatives(fn, b, split) if c != rule]
-            if self.m.options.parallel != "auto" or len(cands) == 1:
-                return rule[0], rule[1], None
+            cands = [rule]
+            if self.m.options.parallel == "auto":
+                cands += [c for c in self._alternatives(fn, b, split) if c != rule]
             tune = self._tuning[key] = _Tune(cands)
+            if len(cands) == 1:
+                tune.best = rule
         if tune.best is not None:
             return tune.best[0], tune.best[1], None
         k = tune.pick()
@@ -296,7 +298,7 @@ def _blas_limiter(threads: int | None) -> Callable[[], Any] | None:
     # libscipy_openblas..., lives in numpy.libs/); other installs: any path naming scipy
     paths = [p for p in found if os.path.basename(os.path.dirname(p)) == "scipy.libs"] or [
         p for p in found if "scipy" in p and "numpy" not in p]
-    if blas.LIBRARY is not None:  # NumPy's, which whole-batch calls use
+    if blas.LIBRARY is not None:  # NumPy's, which one-thread calls use
         bound = os.path.realpath(blas.LIBRARY)
         paths += [p for p in found if os.path.realpath(p) == bound]
     libs = ctl.select(filepath=paths) if paths else ctl.select(user_api="blas")

@@ -41,8 +41,8 @@ from numba.extending import intrinsic
 
 SYMBOLS = {"sgemm": "rnnlang_sgemm64", "dgemm": "rnnlang_dgemm64"}  # 64-bit integers
 LEGACY = {"sgemm": "rnnlang_sgemm", "dgemm": "rnnlang_dgemm"}  # 32-bit, SciPy's: old caches
-LIBRARY: str | None = None  # path of the bound OpenBLAS when known (the thread limiter's target)
-_ENGINES: list[object] = []  # llvmlite engines holding the narrowing functions' code
+LIBRARY: str | None = None  # NumPy's OpenBLAS when one-thread calls use it (limited too)
+_ENGINES: list[object] = []  # llvmlite engines holding the narrowing functions and dispatchers
 
 
 def _cython_blas() -> ModuleType:
