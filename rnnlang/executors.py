@@ -87,7 +87,6 @@ class CpuExecutor:
         self._limit = _blas_limiter(model.options.blas_threads)
         self._select_blas = select
         self.pool = Pool(model.options.threads or default_threads())
-        self._part_memo: dict[tuple[Any, ...], tuple[list[tuple[int, int]], bool]] = {}
         self._tuning: dict[tuple[Any, ...], _Tune] = {}
         self._clock = time.perf_counter
         self.plans = {k: row_plan(p) for k, p in self.programs.items()}
@@ -114,17 +113,6 @@ class CpuExecutor:
         if self._limit is None or self.pool.threads == 1 or mode == "slices":
             return False
         return mode == "blas" or step_gemm_flops(self.programs[fn], b.dims) >= WIDE_GEMM_FLOPS
-
-    def _parts(self, fn: str, b: Bound, split: bool) -> tuple[list[tuple[int, int]], bool]:
-        """Batch slices for this call, and whether it runs whole with BLAS on every thread
-        instead (large per-step GEMMs: `rnnlang.parallel.WIDE_GEMM_FLOPS`). Remembered per
-        sizes, since walking the IR costs as much as a small call; the module thresholds are
-        in the key so that changing them (tests do) takes effect."""
-        key = (fn, split, WIDE_GEMM_FLOPS, MIN_FLOPS, tuple(sorted(b.dims.items())))
-        got = self._part_memo.get(key)
-        if got is None:
-            got = self._part_memo[key] = self._plan_parts(fn, b, split)
-        return got
 
     def _choose(self, fn: str, b: Bound, split: bool) -> tuple[
             list[tuple[int, int]], bool, Callable[[float], None] | None]:
@@ -159,17 +147,24 @@ class CpuExecutor:
         out: list[tuple[list[tuple[int, int]], bool]] = []
         if self._limit is not None and self.pool.threads > 1:
             out.append(([(0, batch)], True))
-        if split and self.pool.threads > 1 and batch >= 2 * MIN_ROWS and row_flops(
-                self.programs[fn], b.dims) * batch >= MIN_FLOPS:
+        if self._sliceable(fn, b, split):
             out.append((slices(batch, self.pool.threads), False))
         return out
 
-    def _plan_parts(self, fn: str, b: Bound, split: bool) -> tuple[list[tuple[int, int]], bool]:
+    def _sliceable(self, fn: str, b: Bound, split: bool) -> bool:
+        """Batch slices may run: rows independent, several threads, enough rows and work."""
+        batch = b.dims.get("B", 1)
+        return split and self.pool.threads > 1 and batch >= 2 * MIN_ROWS and row_flops(
+            self.programs[fn], b.dims) * batch >= MIN_FLOPS
+
+    def _parts(self, fn: str, b: Bound, split: bool) -> tuple[list[tuple[int, int]], bool]:
+        """The size rule: batch slices for this call, and whether it runs whole with BLAS on
+        every thread instead (large per-step GEMMs: `rnnlang.parallel.WIDE_GEMM_FLOPS`).
+        `_choose` applies it once per sizes, and with ``parallel="auto"`` measures it."""
         batch = b.dims.get("B", 1)
         if self._wide(fn, b):
             return [(0, batch)], True
-        if not split or self.pool.threads == 1 or batch < 2 * MIN_ROWS or row_flops(
-                self.programs[fn], b.dims) * batch < MIN_FLOPS:
+        if not self._sliceable(fn, b, split):
             return [(0, batch)], False
         return slices(batch, self.pool.threads), False
 
