@@ -37,9 +37,10 @@ RESERVED = {"np", "math", "kernels", "njit", "DTYPE", "dims", "t", "range", "min
 # Module-level names of generated code (constants K_..., helpers _..., sizes n_...) use these
 # prefixes; identifiers derived from user names never start with them.
 _INTERNAL_PREFIXES = ("_", "K_", "n_")
-_TOP_KERNELS = {"last": "kernels.last", "last_vjp": "kernels.last_vjp", "mean": "kernels.mean",
-                "mean_vjp": "kernels.mean_vjp", "reverse": "kernels.reverse",
-                "sum_time": "kernels.sum_time"}
+_TOP_KERNELS = {"last": "kernels.last", "mean": "kernels.mean", "sum_time": "kernels.sum_time"}
+# sequence-sized results, written into zeros the generated code allocates
+_INTO_KERNELS = {"last_vjp": "kernels.last_vjp", "mean_vjp": "kernels.mean_vjp",
+                 "reverse": "kernels.reverse"}
 
 
 def symbols_of(prog: Program) -> tuple[str, ...]:
@@ -270,16 +271,27 @@ def emit_top(f: _Fn, e: Eqn) -> None:
     a = dict(e.attrs)
     ins = [f.id(x) if isinstance(x, Var) else repr(x) for x in e.inputs]
     rank = len(out.shape)
+    shape = f.shape(out.shape)
+
+    def into(alloc: str, call: str) -> None:
+        """``o = np.<alloc>(shape)`` then ``call`` writing into it: NumPy allocates the big
+        results (see kernels.py: huge pages, fewer page faults than Numba's allocator)."""
+        f.w.line(f"{o} = np.{alloc}({shape}, DTYPE)")
+        f.w.line(call)
+
     match e.op:
+        case "matmul" if rank == 3:
+            into("empty", f"kernels.mm3({ins[0]}, {ins[1]}, {o})")
         case "matmul":
-            fn = "kernels.mm3" if rank == 3 else "kernels.mm2"
-            f.w.line(f"{o} = {fn}({ins[0]}, {ins[1]})")
+            f.w.line(f"{o} = kernels.mm2({ins[0]}, {ins[1]})")
+        case "matmul_nt" if rank == 3:
+            into("empty", f"kernels.mm3_nt({ins[0]}, {ins[1]}, {o})")
         case "matmul_nt":
-            f.w.line(f"{o} = kernels.mm3_nt({ins[0]}, {ins[1]})" if rank == 3 else
-                     f"{o} = kernels.mm2_nt({ins[0]}, {ins[1]})")
+            f.w.line(f"{o} = kernels.mm2_nt({ins[0]}, {ins[1]})")
+        case "matmul_tn" if len(e.inputs[0].shape) == 3:
+            into("empty", f"kernels.mm3_tn({ins[0]}, {ins[1]}, {o})")
         case "matmul_tn":
-            fn = "kernels.mm3_tn" if len(e.inputs[0].shape) == 3 else "kernels.mm2_tn"
-            f.w.line(f"{o} = {fn}({ins[0]}, {ins[1]})")
+            f.w.line(f"{o} = kernels.mm2_tn({ins[0]}, {ins[1]})")
         case "slice":
             sl = _slice_index(f, rank, f.dim(a["start"]), f.dim(a["stop"]))
             f.w.line(f"{o} = np.ascontiguousarray({ins[0]}[{sl}])")
@@ -296,20 +308,22 @@ def emit_top(f: _Fn, e: Eqn) -> None:
         case "zeros":
             f.w.line(f"{o} = np.zeros({f.shape(out.shape)}, DTYPE)")
         case "repeat":
-            f.w.line(f"{o} = kernels.repeat({ins[0]}, {f.dim(a['time'])})")
+            into("empty", f"kernels.repeat({ins[0]}, {o})")
         case "conv1d":
-            f.w.line(f"{o} = kernels.conv1d({ins[0]}, {ins[1]}, {ins[2]}, {a['stride']}, "
-                     f"{a['padding']}, {f.dim(a['time'])})")
+            into("empty", f"kernels.conv1d({ins[0]}, {ins[1]}, {ins[2]}, {a['stride']}, "
+                 f"{a['padding']}, {o})")
         case "conv1d_dx":
-            f.w.line(f"{o} = kernels.conv1d_dx({ins[0]}, {ins[1]}, {a['stride']}, "
-                     f"{a['padding']}, {f.dim(a['time'])})")
+            into("zeros", f"kernels.conv1d_dx({ins[0]}, {ins[1]}, {a['stride']}, "
+                 f"{a['padding']}, {o})")
         case "conv1d_dw":
             f.w.line(f"{o} = kernels.conv1d_dw({ins[0]}, {ins[1]}, {a['kernel']}, "
                      f"{a['stride']}, {a['padding']})")
         case "shift" if len(ins) == 2:
-            f.w.line(f"{o} = kernels.shift({ins[0]}, {ins[1]}, {a['by']})")
+            into("empty", f"kernels.shift({ins[0]}, {ins[1]}, {a['by']}, {o})")
         case "shift":
-            f.w.line(f"{o} = kernels.shift0({ins[0]}, {a['by']})")
+            into("zeros", f"kernels.shift0({ins[0]}, {a['by']}, {o})")
+        case op if op in _INTO_KERNELS:
+            into("zeros", f"{_INTO_KERNELS[op]}({', '.join(ins)}, {o})")
         case op if op in _TOP_KERNELS:
             f.w.line(f"{o} = {_TOP_KERNELS[op]}({', '.join(ins)})")
         case _:
