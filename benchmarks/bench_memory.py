@@ -20,7 +20,8 @@ first, unmeasured one (JIT and one-time buffers such as OpenBLAS's work area and
   backward program (rnnlang's BPTT storage; arrays that share memory are counted once);
 * **peak RSS growth** of one ``m.vjp`` call: the peak resident set size, reset just before the
   call through ``/proc/self/clear_refs`` and read as ``VmHWM`` from ``/proc/self/status``, minus
-  the resident size before it. It includes what every training step must also hold besides the
+  the resident size before it, plus the work arrays the previous step left for this one
+  (``Model.workspace_bytes()``: resident already, but every step's). It includes what every training step must also hold besides the
   BPTT storage: the outputs and cotangent-sized temporaries, the input projection (T x B x
   gates*H), the gradients (of x: T x B x F, and of the weights).
 
@@ -78,6 +79,9 @@ def child(cell: str, T: int, B: int, H: int, cache_dir: str, source: str) -> dic
     # as OpenBLAS's work area and thread stacks, which stay resident (they are not per step)
     m.vjp({"x": x}, {"y": cot})
     gc.collect()
+    # the work arrays the first step left for the next (rnnlang.codegen.workspace) are part of
+    # every step's memory, though resident before the measured one: counted in its growth
+    held = m.workspace_bytes()
     reset = _reset_peak()
     rss0 = _status_kb("VmRSS") or 0
     # VmHWM, not getrusage's ru_maxrss: a child forked from a big parent (bench_cpu.py with
@@ -99,7 +103,8 @@ def child(cell: str, T: int, B: int, H: int, cache_dir: str, source: str) -> dic
             "residual_arrays": len(res), "residual_shapes": res,
             "aliases_output": sorted(set(res) & outputs),
             "rss_before_kb": rss0, "maxrss_before_kb": before, "maxrss_after_kb": peak,
-            "peak_reset": reset, "rss_growth_bytes": max(0, peak - rss0) * 1024,
+            "peak_reset": reset, "workspace_bytes": held,
+            "rss_growth_bytes": max(0, peak - rss0) * 1024 + held,
             "step_results_bytes": kept}
 
 

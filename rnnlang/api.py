@@ -302,6 +302,17 @@ class Model:
                             f"has {self.params[k].shape}", None)
         self.params = {k: np.ascontiguousarray(v, dtype=self.dtype) for k, v in arrays.items()}
 
+    def workspace_bytes(self) -> int:
+        """Bytes of work arrays this thread's calls keep for the next call (CPU target)."""
+        ex = self._executor()
+        return ex.workspace_bytes() if hasattr(ex, "workspace_bytes") else 0
+
+    def release_workspaces(self) -> None:
+        """Drop the work arrays kept between calls (the next call allocates them again)."""
+        ex = self._executor()
+        if hasattr(ex, "release_workspaces"):
+            ex.release_workspaces()
+
     def describe(self) -> str:
         return json.dumps({"model": self.name, "inputs": self.input_names,
                            "outputs": self.output_names, "states": self.state_names,

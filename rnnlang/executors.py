@@ -7,6 +7,7 @@ runs the forward program with residual outputs and then the backward program.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rnnlang.codegen.workspace import Workspace
 from rnnlang.interp import run_program
 from rnnlang.ir.nodes import Program
 from rnnlang.ir.rows import ROW, SUM, RowPlan, row_flops, row_plan, step_gemm_flops
@@ -92,12 +94,40 @@ class CpuExecutor:
         self.plans = {k: row_plan(p) for k, p in self.programs.items()}
         self.split_forward, self.split_train = _splittable(self.plans, g, len(
             model.program.outputs))
+        self._handed = {"forward": None, "forward_train": len(model.program.outputs),
+                        "backward": None}
+        self._local = threading.local()
 
-    def _run(self, fn: str, dims: dict[str, int], vals: dict[str, Any]) -> list[np.ndarray]:
+    def _spaces(self) -> dict[tuple[str, int], Workspace]:
+        """The calling thread's workspaces, one per function and batch slice: the arrays a
+        call drops are kept for the next call (`rnnlang.codegen.workspace`). Per calling
+        thread, so that calls from several threads never share one; the slices' tasks get
+        their workspace from the caller, whichever pool thread runs them."""
+        spaces: dict[tuple[str, int], Workspace] | None = getattr(self._local, "spaces", None)
+        if spaces is None:
+            spaces = self._local.spaces = {}
+        return spaces
+
+    def workspace_bytes(self) -> int:
+        """Bytes held between calls by the calling thread's workspaces."""
+        return sum(ws.nbytes for ws in self._spaces().values())
+
+    def release_workspaces(self) -> None:
+        self._local.spaces = {}
+
+    def _run(self, fn: str, dims: dict[str, int], vals: dict[str, Any],
+             ws: Workspace | None = None) -> list[np.ndarray]:
         prog: Program = self.programs[fn]
         d = np.array([dims[s] for s in self.syms[fn]], dtype=np.int64)
-        return list(getattr(self.module, fn)(*[vals[v.name] for v in prog.param_vars
-                                               + prog.input_vars], d))
+        call = getattr(self.module, fn)
+        args = [vals[v.name] for v in prog.param_vars + prog.input_vars]
+        if hasattr(call, "py_func"):  # compiled whole: it allocates with NumPy (no workspace)
+            return list(call(*args, d))
+        if ws is None:
+            ws = _space(self._spaces(), fn, 0)
+        out = list(call(*args, d, ws))
+        n = self._handed[fn]
+        return ws.detached(out) if n is None else ws.detached(out[:n]) + out[n:]
 
     def _limited(self, wide: bool, sliced: bool) -> Any:
         """The BLAS settings for one call: its library (`rnnlang.codegen.blas.select`: NumPy's
@@ -182,13 +212,15 @@ class CpuExecutor:
 
     def forward(self, b: Bound) -> list[np.ndarray]:
         parts, wide, timed = self._choose("forward", b, self.split_forward)
+        spaces = self._spaces()
+        ws = [_space(spaces, "forward", k) for k in range(len(parts))]
         t0 = self._clock()
         with self._limited(wide, len(parts) > 1):
             if len(parts) == 1:
-                out = self._run("forward", b.dims, {**self.m.params, **b.values})
+                out = self._run("forward", b.dims, {**self.m.params, **b.values}, ws[0])
             else:
                 out = join(self.pool.map(lambda k: self._run("forward", *self._sliced(
-                    "forward", parts[k], b, b.values, self.m.params)), len(parts)),
+                    "forward", parts[k], b, b.values, self.m.params), ws[k]), len(parts)),
                     self.plans["forward"])  # type: ignore[arg-type]
         if timed is not None:
             timed(self._clock() - t0)
@@ -196,16 +228,33 @@ class CpuExecutor:
 
     def forward_backward(self, b: Bound, seeds: Seeds) -> tuple[list[np.ndarray],
                                                                 list[np.ndarray]]:
-        g = self.m.grad_programs()
         n = len(self.m.program.outputs)
         parts, wide, timed = self._choose("forward_train", b, self.split_train)
+        # residuals live in forward_train's workspaces until backward has run: a call made
+        # meanwhile from ``seeds`` (a loss that calls the model) gets workspaces of its own
+        nested = getattr(self._local, "training", False)
+        spaces: dict[tuple[str, int], Workspace] = {} if nested else self._spaces()
+        ws = {(fn, k): _space(spaces, fn, k) for fn in ("forward_train", "backward")
+              for k in range(len(parts))}
+        self._local.training = True
+        try:
+            return self._forward_backward(b, seeds, n, parts, wide, timed, ws)
+        finally:
+            self._local.training = nested
+
+    def _forward_backward(self, b: Bound, seeds: Seeds, n: int, parts: list[tuple[int, int]],
+                          wide: bool, timed: Callable[[float], None] | None,
+                          ws: dict[tuple[str, int], Workspace]) -> tuple[list[np.ndarray],
+                                                                         list[np.ndarray]]:
+        g = self.m.grad_programs()
         t0 = self._clock()
 
         def ahead(k: int) -> list[np.ndarray]:
             if len(parts) == 1:
-                return self._run("forward_train", b.dims, {**self.m.params, **b.values})
+                return self._run("forward_train", b.dims, {**self.m.params, **b.values},
+                                 ws["forward_train", k])
             return self._run("forward_train", *self._sliced(
-                "forward_train", parts[k], b, b.values, self.m.params))
+                "forward_train", parts[k], b, b.values, self.m.params), ws["forward_train", k])
 
         with self._limited(wide, len(parts) > 1):
             fwd = self.pool.map(ahead, len(parts))
@@ -217,9 +266,10 @@ class CpuExecutor:
             res = {r.name: o for r, o in zip(g.residuals, fwd[k][n:], strict=True)}
             if len(parts) == 1:
                 return self._run("backward", b.dims, {**self.m.params, **b.values, **res,
-                                                      **cots})
+                                                      **cots}, ws["backward", k])
             return self._run("backward", *self._sliced(
-                "backward", parts[k], b, {**b.values, **cots}, {**self.m.params, **res}))
+                "backward", parts[k], b, {**b.values, **cots}, {**self.m.params, **res}),
+                ws["backward", k])
 
         with self._limited(wide, len(parts) > 1):
             grads = self.pool.map(back, len(parts))
@@ -227,6 +277,13 @@ class CpuExecutor:
         if timed is not None:
             timed(self._clock() - t0)
         return outs, res
+
+
+def _space(spaces: dict[tuple[str, int], Workspace], fn: str, k: int) -> Workspace:
+    ws = spaces.get((fn, k))
+    if ws is None:
+        ws = spaces[fn, k] = Workspace()
+    return ws
 
 
 class _Tune:

@@ -31,7 +31,8 @@ from rnnlang.ir.nodes import (
 from rnnlang.ir.ops import OPS
 from rnnlang.ir.types import Dim
 
-RESERVED = {"np", "math", "kernels", "njit", "DTYPE", "dims", "t", "range", "min", "max", "abs",
+RESERVED = {"np", "math", "kernels", "njit", "DTYPE", "dims", "ws", "t", "range", "min", "max",
+            "abs",
             "len", "float", "int", "tuple", "print", "forward", "forward_train", "backward",
             "__debug__", "True", "False", "None"} | {f"i{k}" for k in range(8)}
 # Module-level names of generated code (constants K_..., helpers _..., sizes n_...) use these
@@ -92,6 +93,22 @@ class _Fn:
     dtype: str = "float64"
     consts: dict[float, str] = field(default_factory=dict)  # module-level typed constants
     outlined: Outlined | None = None  # time loops moved into shared functions (None: inline)
+    handed: frozenset[str] = frozenset()  # IR names returned to the caller: NumPy's own arrays
+    slots: int = 0  # work arrays taken from ``ws`` so far
+
+    def alloc(self, name: str, shape: tuple[Dim, ...], kind: str = "empty") -> str:
+        """The expression allocating IR value ``name``: from the caller's workspace
+        (`rnnlang.codegen.workspace`, reused across calls) unless it is handed back."""
+        if name in self.handed:
+            return f"np.{kind}({self.shape(shape)}, DTYPE)"
+        self.slots += 1
+        return f"ws.{kind}({self.slots - 1}, {self.shape(shape)}, DTYPE)"
+
+    def copy_of(self, name: str, src: str) -> str:
+        if name in self.handed:
+            return f"{src}.copy()"
+        self.slots += 1
+        return f"ws.copy({self.slots - 1}, {src})"
 
     def const(self, value: float) -> str:
         """A module-level constant of the program's dtype, so float32 code stays float32."""
@@ -271,12 +288,11 @@ def emit_top(f: _Fn, e: Eqn) -> None:
     a = dict(e.attrs)
     ins = [f.id(x) if isinstance(x, Var) else repr(x) for x in e.inputs]
     rank = len(out.shape)
-    shape = f.shape(out.shape)
 
     def into(alloc: str, call: str) -> None:
-        """``o = np.<alloc>(shape)`` then ``call`` writing into it: NumPy allocates the big
-        results (see kernels.py: huge pages, fewer page faults than Numba's allocator)."""
-        f.w.line(f"{o} = np.{alloc}({shape}, DTYPE)")
+        """Allocate ``o``, then ``call`` writing into it: big results come from NumPy or the
+        workspace (see kernels.py: Numba's allocator cost a page fault per 4 KiB)."""
+        f.w.line(f"{o} = {f.alloc(out.name, out.shape, alloc)}")
         f.w.line(call)
 
     match e.op:
@@ -300,13 +316,13 @@ def emit_top(f: _Fn, e: Eqn) -> None:
         case "pad":
             src = e.inputs[0]
             assert isinstance(src, Var)
-            f.w.line(f"{o} = np.zeros({f.shape(out.shape)}, DTYPE)")
+            f.w.line(f"{o} = {f.alloc(out.name, out.shape, 'zeros')}")
             _copy_loop(f, o, src, offset=f.dim(a["start"]))
         case "sum_to":
-            f.w.line(f"{o} = np.zeros({f.shape(out.shape)}, DTYPE)")
+            f.w.line(f"{o} = {f.alloc(out.name, out.shape, 'zeros')}")
             _sum_to(f, e, o)
         case "zeros":
-            f.w.line(f"{o} = np.zeros({f.shape(out.shape)}, DTYPE)")
+            f.w.line(f"{o} = {f.alloc(out.name, out.shape, 'zeros')}")
         case "repeat":
             into("empty", f"kernels.repeat({ins[0]}, {o})")
         case "conv1d":
@@ -362,8 +378,8 @@ def emit_eqns_top(f: _Fn, eqns: tuple[Eqn, ...], live_out: set[str]) -> None:
         if OPS[g[0].op].pointwise:
             for e in g:
                 if e.outputs[0].name in keep:
-                    f.w.line(f"{f.id(e.outputs[0])} = np.empty("
-                             f"{f.shape(e.outputs[0].shape)}, DTYPE)")
+                    f.w.line(f"{f.id(e.outputs[0])} = "
+                             f"{f.alloc(e.outputs[0].name, e.outputs[0].shape)}")
             emit_pointwise_group(f, g, keep)
             _outline_tail(f, start, "pointwise: " + ", ".join(e.op for e in g))
         elif g[0].op == "scan":
@@ -377,9 +393,18 @@ def emit_eqns_top(f: _Fn, eqns: tuple[Eqn, ...], live_out: set[str]) -> None:
 JIT = '@njit(cache=True, nogil=True, fastmath=kernels.FASTMATH, error_model="numpy")'
 
 
+_WS_CALL = re.compile(r"\bws\.(empty|zeros)\(\d+, ")
+_WS_COPY = re.compile(r"\bws\.copy\(\d+, (\w+)\)")
+
+
 def emit_function(w: CodeWriter, fn_name: str, prog: Program, dtype: str,
-                  consts: dict[float, str], outlined: Outlined | None = None) -> tuple[str, ...]:
-    """Emit ``fn_name(params..., inputs..., dims)``; returns the symbol order of ``dims``.
+                  consts: dict[float, str], outlined: Outlined | None = None,
+                  handed: frozenset[str] | None = None) -> tuple[str, ...]:
+    """Emit ``fn_name(params..., inputs..., dims, ws)``; returns the symbol order of ``dims``.
+
+    ``ws`` is a `rnnlang.codegen.workspace.Workspace`: every array the function allocates
+    comes from it except the values named in ``handed`` (default: all outputs), which the
+    caller keeps and which NumPy allocates.
 
     With ``outlined``, every loop nest (time loops and whole-sequence pointwise loops) becomes
     a call of a shared jitted function collected there, and ``fn_name`` itself stays plain
@@ -387,13 +412,14 @@ def emit_function(w: CodeWriter, fn_name: str, prog: Program, dtype: str,
     its own LLVM module and optimize and emit them again (measured: a 2-layer LSTM's first
     forward and vjp from 16.4 to 10.3 s of JIT). Where a loop cannot be outlined the whole
     function is jitted as before."""
-    f = _Fn(w, dtype=dtype, consts=consts, outlined=outlined)
+    f = _Fn(w, dtype=dtype, consts=consts, outlined=outlined,
+            handed=frozenset(v.name for v in prog.outputs) if handed is None else handed)
     syms = symbols_of(prog)
     for s in syms:
         f.syms[s] = f.id(f"#size {s}", internal="n_" + re.sub(r"\W", "_", s))
     args = [f.id(v) for v in prog.param_vars + prog.input_vars]
     f.w = body = CodeWriter()
-    with body.block(f"def {fn_name}({', '.join(args + ['dims'])}):"):
+    with body.block(f"def {fn_name}({', '.join(args + ['dims', 'ws'])}):"):
         for k, s in enumerate(syms):
             body.line(f"{f.syms[s]} = dims[{k}]")
         emit_eqns_top(f, prog.eqns, {v.name for v in prog.outputs})
@@ -401,7 +427,12 @@ def emit_function(w: CodeWriter, fn_name: str, prog: Program, dtype: str,
         body.line(f"return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
     if outlined is None or any(line.startswith(("    for ", "    while "))
                                for line in body.lines):
-        w.line(JIT)  # a loop that could not be outlined: the whole function is compiled
+        # a loop that could not be outlined: the whole function is compiled, and compiled
+        # code allocates with NumPy's functions (the executor passes no workspace to it)
+        w.line(JIT)
+        body.lines = [_WS_COPY.sub(r"\1.copy()", _WS_CALL.sub(r"np.\1(", line))
+                      for line in body.lines]
+        body.lines[0] = body.lines[0].replace(", ws):", "):")
     w.lines.extend(body.lines)
     return syms
 

@@ -39,10 +39,14 @@ def emit_cpu_module(programs: dict[str, Program], *, dtype: str, source_name: st
     consts: dict[float, str] = {}
     syms = {}
     loops = Outlined(JIT)
+    n_out = len(programs["forward"].outputs) if "forward" in programs else None
     for name, prog in programs.items():
         body.line()
         body.line()
-        syms[name] = emit_function(body, name, prog, dtype, consts, loops)
+        # forward_train hands its outputs to the caller; its residuals go only to backward
+        handed = (frozenset(v.name for v in prog.outputs[:n_out])
+                  if name == "forward_train" and n_out is not None else None)
+        syms[name] = emit_function(body, name, prog, dtype, consts, loops, handed)
     for value, cname in sorted(consts.items(), key=lambda kv: kv[1]):
         w.line(f"{cname} = DTYPE({value!r})")
     loops.emit(w)  # the time loops, each once, before the functions that call them

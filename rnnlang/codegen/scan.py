@@ -40,13 +40,13 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
         o = f.id(e.outputs[j])
         arrays.append(o)
         if arr.init is not None:
-            w.line(f"{o} = {f.id(e.inputs[arr.init])}.copy()")  # type: ignore[arg-type]
+            w.line(f"{o} = {f.copy_of(e.outputs[j].name, f.id(e.inputs[arr.init]))}")  # type: ignore[arg-type]
         else:
-            w.line(f"{o} = np.zeros({f.shape(e.outputs[j].shape)}, DTYPE)")
+            w.line(f"{o} = {f.alloc(e.outputs[j].name, e.outputs[j].shape, 'zeros')}")
     n_arr = len(spec.arrays)
     extra_outs = e.outputs[n_arr:]
     for v in extra_outs:
-        w.line(f"{f.id(v)} = np.zeros({f.shape(v.shape)}, DTYPE)")
+        w.line(f"{f.id(v)} = {f.alloc(v.name, v.shape, 'zeros')}")
     sums = [f.id(v) for v in extra_outs[: spec.n_sums]]
     spills = [f.id(v) for v in extra_outs[spec.n_sums:]]
     # loop invariants and tap fallbacks
@@ -61,7 +61,7 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
         if b.offset != 0 and b.fallback is None:
             z = f.fresh(f"zero_{v.name}")
             zero_of[id(b)] = z
-            w.line(f"{z} = np.zeros({f.shape(v.shape)}, DTYPE)")
+            w.line(f"{z} = {f.alloc('#' + z, v.shape, 'zeros')}")
     # storage plan for body values
     outputs = {v.name for v in body.outputs}
     direct: dict[str, str] = {}
@@ -96,13 +96,13 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
         if out.name in direct or out.name in in_place:
             continue
         if out.name in keep or not OPS[x.op].pointwise:
-            w.line(f"{f.id(out)} = np.empty({f.shape(out.shape)}, DTYPE)")
+            w.line(f"{f.id(out)} = {f.alloc(out.name, out.shape)}")
     for x in body.eqns:
         for k in _MATERIALIZE.get(x.op, ()):
             a = x.inputs[k]
             if isinstance(a, Var) and a.name in slice_of and a.name not in scratch:
                 scratch[a.name] = f.fresh(f"{a.name}_c")
-                w.line(f"{scratch[a.name]} = np.empty({f.shape(a.shape)}, DTYPE)")
+                w.line(f"{scratch[a.name]} = {f.alloc('#' + scratch[a.name], a.shape)}")
     steps = f"range({T} - 1, -1, -1)" if spec.reverse else f"range({T})"
     start = len(w.lines)
     with w.block(f"for t in {steps}:"):

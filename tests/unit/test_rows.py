@@ -211,9 +211,10 @@ def test_auto_times_both_plans_and_keeps_the_faster(
     run, limited = ex._run, ex._limited
     plans: list[bool] = []
 
-    def fake_run(fn: str, dims: dict[str, int], vals: dict[str, object]) -> object:
+    def fake_run(fn: str, dims: dict[str, int], vals: dict[str, object],
+                 *ws: object) -> object:
         now[0] += slice_cost if dims["B"] < 13 else 5.0
-        return run(fn, dims, vals)
+        return run(fn, dims, vals, *ws)
 
     def spy(wide: bool, sliced: bool) -> object:
         plans.append(sliced)
