@@ -98,12 +98,13 @@ class CpuExecutor:
                         "backward": None}
         self._local = threading.local()
 
-    def _spaces(self) -> dict[tuple[str, int], Workspace]:
-        """The calling thread's workspaces, one per function and batch slice: the arrays a
-        call drops are kept for the next call (`rnnlang.codegen.workspace`). Per calling
-        thread, so that calls from several threads never share one; the slices' tasks get
-        their workspace from the caller, whichever pool thread runs them."""
-        spaces: dict[tuple[str, int], Workspace] | None = getattr(self._local, "spaces", None)
+    def _spaces(self) -> dict[int, Workspace]:
+        """The calling thread's workspaces, one per batch slice, shared by the functions
+        (scratch slots are dead when a function returns): the arrays a call drops are kept
+        for the next call (`rnnlang.codegen.workspace`). Per calling thread, so that calls
+        from several threads never share one; the slices' tasks get their workspace from the
+        caller, whichever pool thread runs them."""
+        spaces: dict[int, Workspace] | None = getattr(self._local, "spaces", None)
         if spaces is None:
             spaces = self._local.spaces = {}
         return spaces
@@ -124,10 +125,13 @@ class CpuExecutor:
         if hasattr(call, "py_func"):  # compiled whole: it allocates with NumPy (no workspace)
             return list(call(*args, d))
         if ws is None:
-            ws = _space(self._spaces(), fn, 0)
+            ws = _space(self._spaces(), 0)
         out = list(call(*args, d, ws))
         n = self._handed[fn]
-        return ws.detached(out) if n is None else ws.detached(out[:n]) + out[n:]
+        if n is None:
+            return ws.detached(out)
+        # residuals live past this call: none may be a view of scratch that backward reuses
+        return ws.detached(out[:n]) + ws.detached(out[n:], scratch_only=True)
 
     def _limited(self, wide: bool, sliced: bool) -> Any:
         """The BLAS settings for one call: its library (`rnnlang.codegen.blas.select`: NumPy's
@@ -213,7 +217,7 @@ class CpuExecutor:
     def forward(self, b: Bound) -> list[np.ndarray]:
         parts, wide, timed = self._choose("forward", b, self.split_forward)
         spaces = self._spaces()
-        ws = [_space(spaces, "forward", k) for k in range(len(parts))]
+        ws = [_space(spaces, k) for k in range(len(parts))]
         t0 = self._clock()
         with self._limited(wide, len(parts) > 1):
             if len(parts) == 1:
@@ -233,9 +237,8 @@ class CpuExecutor:
         # residuals live in forward_train's workspaces until backward has run: a call made
         # meanwhile from ``seeds`` (a loss that calls the model) gets workspaces of its own
         nested = getattr(self._local, "training", False)
-        spaces: dict[tuple[str, int], Workspace] = {} if nested else self._spaces()
-        ws = {(fn, k): _space(spaces, fn, k) for fn in ("forward_train", "backward")
-              for k in range(len(parts))}
+        spaces: dict[int, Workspace] = {} if nested else self._spaces()
+        ws = [_space(spaces, k) for k in range(len(parts))]
         self._local.training = True
         try:
             return self._forward_backward(b, seeds, n, parts, wide, timed, ws)
@@ -244,7 +247,7 @@ class CpuExecutor:
 
     def _forward_backward(self, b: Bound, seeds: Seeds, n: int, parts: list[tuple[int, int]],
                           wide: bool, timed: Callable[[float], None] | None,
-                          ws: dict[tuple[str, int], Workspace]) -> tuple[list[np.ndarray],
+                          ws: list[Workspace]) -> tuple[list[np.ndarray],
                                                                          list[np.ndarray]]:
         g = self.m.grad_programs()
         t0 = self._clock()
@@ -252,9 +255,9 @@ class CpuExecutor:
         def ahead(k: int) -> list[np.ndarray]:
             if len(parts) == 1:
                 return self._run("forward_train", b.dims, {**self.m.params, **b.values},
-                                 ws["forward_train", k])
+                                 ws[k])
             return self._run("forward_train", *self._sliced(
-                "forward_train", parts[k], b, b.values, self.m.params), ws["forward_train", k])
+                "forward_train", parts[k], b, b.values, self.m.params), ws[k])
 
         with self._limited(wide, len(parts) > 1):
             fwd = self.pool.map(ahead, len(parts))
@@ -266,10 +269,10 @@ class CpuExecutor:
             res = {r.name: o for r, o in zip(g.residuals, fwd[k][n:], strict=True)}
             if len(parts) == 1:
                 return self._run("backward", b.dims, {**self.m.params, **b.values, **res,
-                                                      **cots}, ws["backward", k])
+                                                      **cots}, ws[k])
             return self._run("backward", *self._sliced(
                 "backward", parts[k], b, {**b.values, **cots}, {**self.m.params, **res}),
-                ws["backward", k])
+                ws[k])
 
         with self._limited(wide, len(parts) > 1):
             grads = self.pool.map(back, len(parts))
@@ -279,10 +282,10 @@ class CpuExecutor:
         return outs, res
 
 
-def _space(spaces: dict[tuple[str, int], Workspace], fn: str, k: int) -> Workspace:
-    ws = spaces.get((fn, k))
+def _space(spaces: dict[int, Workspace], k: int) -> Workspace:
+    ws = spaces.get(k)
     if ws is None:
-        ws = spaces[fn, k] = Workspace()
+        ws = spaces[k] = Workspace()
     return ws
 
 

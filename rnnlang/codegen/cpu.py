@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from rnnlang.codegen.outline import Outlined, outline_loop
+from rnnlang.codegen.workspace import RESIDUAL_SLOTS
 from rnnlang.codegen.writer import CodeWriter
 from rnnlang.diagnostics import InternalCompilerError
 from rnnlang.ir.nodes import (
@@ -94,21 +95,42 @@ class _Fn:
     consts: dict[float, str] = field(default_factory=dict)  # module-level typed constants
     outlined: Outlined | None = None  # time loops moved into shared functions (None: inline)
     handed: frozenset[str] = frozenset()  # IR names returned to the caller: NumPy's own arrays
-    slots: int = 0  # work arrays taken from ``ws`` so far
+    kept: frozenset[str] = frozenset()  # residuals: returned, read by backward, then dropped
+    scratch: list[int] = field(default_factory=list)  # estimated sizes, by placeholder
+    residuals: int = 0  # residual slots taken so far
+
+    def _slot(self, name: str, shape: tuple[Dim, ...]) -> str:
+        """A workspace slot: for a residual, one that lives until backward has run; else
+        scratch, free again when the function returns and shared by the model's functions.
+        Scratch slots are numbered by size, largest first (`number_scratch_slots`), so that
+        the big arrays of forward_train and of backward share buffers."""
+        if name in self.kept:
+            self.residuals += 1
+            return str(RESIDUAL_SLOTS + self.residuals - 1)
+        est = 1
+        for d in shape:  # every size taken as 64: ranks (T, B, 4H) above (T, B, H) above (B, H)
+            est *= max(1, d.const + 64 * sum(k for _, k in d.terms))
+        self.scratch.append(est)
+        return f"@slot{len(self.scratch) - 1}@"
 
     def alloc(self, name: str, shape: tuple[Dim, ...], kind: str = "empty") -> str:
         """The expression allocating IR value ``name``: from the caller's workspace
         (`rnnlang.codegen.workspace`, reused across calls) unless it is handed back."""
         if name in self.handed:
             return f"np.{kind}({self.shape(shape)}, DTYPE)"
-        self.slots += 1
-        return f"ws.{kind}({self.slots - 1}, {self.shape(shape)}, DTYPE)"
+        return f"ws.{kind}({self._slot(name, shape)}, {self.shape(shape)}, DTYPE)"
 
-    def copy_of(self, name: str, src: str) -> str:
+    def copy_of(self, name: str, src: str, shape: tuple[Dim, ...]) -> str:
         if name in self.handed:
             return f"{src}.copy()"
-        self.slots += 1
-        return f"ws.copy({self.slots - 1}, {src})"
+        return f"ws.copy({self._slot(name, shape)}, {src})"
+
+    def number_scratch_slots(self, lines: list[str]) -> list[str]:
+        order = sorted(range(len(self.scratch)), key=lambda k: (-self.scratch[k], k))
+        rank = {f"@slot{k}@": str(r) for r, k in enumerate(order)}
+        return [_PLACEHOLDER.sub(lambda mt: rank.get(mt.group(0), mt.group(0)), line)
+                if "@slot" in line
+                else line for line in lines]
 
     def const(self, value: float) -> str:
         """A module-level constant of the program's dtype, so float32 code stays float32."""
@@ -393,18 +415,21 @@ def emit_eqns_top(f: _Fn, eqns: tuple[Eqn, ...], live_out: set[str]) -> None:
 JIT = '@njit(cache=True, nogil=True, fastmath=kernels.FASTMATH, error_model="numpy")'
 
 
+_PLACEHOLDER = re.compile(r"@slot\d+@")
 _WS_CALL = re.compile(r"\bws\.(empty|zeros)\(\d+, ")
 _WS_COPY = re.compile(r"\bws\.copy\(\d+, (\w+)\)")
 
 
 def emit_function(w: CodeWriter, fn_name: str, prog: Program, dtype: str,
                   consts: dict[float, str], outlined: Outlined | None = None,
-                  handed: frozenset[str] | None = None) -> tuple[str, ...]:
+                  handed: frozenset[str] | None = None,
+                  kept: frozenset[str] = frozenset()) -> tuple[str, ...]:
     """Emit ``fn_name(params..., inputs..., dims, ws)``; returns the symbol order of ``dims``.
 
     ``ws`` is a `rnnlang.codegen.workspace.Workspace`: every array the function allocates
     comes from it except the values named in ``handed`` (default: all outputs), which the
-    caller keeps and which NumPy allocates.
+    caller keeps and which NumPy allocates. Values in ``kept`` (forward_train's residuals) take
+    slots from `RESIDUAL_SLOTS` on, which the backward function does not touch.
 
     With ``outlined``, every loop nest (time loops and whole-sequence pointwise loops) becomes
     a call of a shared jitted function collected there, and ``fn_name`` itself stays plain
@@ -413,7 +438,8 @@ def emit_function(w: CodeWriter, fn_name: str, prog: Program, dtype: str,
     forward and vjp from 16.4 to 10.3 s of JIT). Where a loop cannot be outlined the whole
     function is jitted as before."""
     f = _Fn(w, dtype=dtype, consts=consts, outlined=outlined,
-            handed=frozenset(v.name for v in prog.outputs) if handed is None else handed)
+            handed=frozenset(v.name for v in prog.outputs) if handed is None else handed,
+            kept=kept)
     syms = symbols_of(prog)
     for s in syms:
         f.syms[s] = f.id(f"#size {s}", internal="n_" + re.sub(r"\W", "_", s))
@@ -425,6 +451,7 @@ def emit_function(w: CodeWriter, fn_name: str, prog: Program, dtype: str,
         emit_eqns_top(f, prog.eqns, {v.name for v in prog.outputs})
         outs = [f.id(v) for v in prog.outputs]
         body.line(f"return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
+    body.lines = f.number_scratch_slots(body.lines)
     if outlined is None or any(line.startswith(("    for ", "    while "))
                                for line in body.lines):
         # a loop that could not be outlined: the whole function is compiled, and compiled

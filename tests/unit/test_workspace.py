@@ -119,3 +119,31 @@ def test_a_loss_that_trains_the_model_again_gets_its_own_workspaces(
     for k in want.params:
         np.testing.assert_allclose(got.params[k], want.params[k], rtol=1e-12)
     np.testing.assert_allclose(got.inputs["x"], want.inputs["x"], rtol=1e-12)
+
+
+LSTM = """
+model m(H = 64, F = 32) {
+  input x: seq[F]
+  h = lstm(H) over x
+  output y = h
+}
+"""
+
+
+def test_functions_share_scratch_largest_first(cache_dir: Path) -> None:
+    """Scratch slots are numbered by size, so forward_train's input projection and backward's
+    cotangent of it, both (T, B, 4H), share slot 0; residuals have slots of their own; and a
+    forward call after a training step needs no new memory."""
+    m = rnnlang.compile(LSTM, dtype="float32", cache_dir=cache_dir)
+    src = m.emit("python")
+    assert "x_h_W = ws.empty(0, (n_T_x, n_B, 4 * n_H), DTYPE)" in src
+    assert "d_x_h_W = ws.zeros(0, (n_T_x, n_B, 4 * n_H), DTYPE)" in src
+    assert f"h_h = ws.zeros({workspace.RESIDUAL_SLOTS}, (n_T_x, n_B, n_H), DTYPE)" in src
+    x = np.random.default_rng(3).normal(size=(60, 16, 32))  # (60, 16, 256) float32: 983 KB
+    m.vjp({"x": x}, {"y": np.ones((60, 16, 64))})
+    held = m.workspace_bytes()
+    assert held > 0
+    m.forward({"x": x})
+    assert m.workspace_bytes() == held
+    m.release_workspaces()
+    assert m.workspace_bytes() == 0
