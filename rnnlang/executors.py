@@ -234,8 +234,9 @@ class CpuExecutor:
                                                                 list[np.ndarray]]:
         n = len(self.m.program.outputs)
         parts, wide, timed = self._choose("forward_train", b, self.split_train)
-        # residuals live in forward_train's workspaces until backward has run: a call made
-        # meanwhile from ``seeds`` (a loss that calls the model) gets workspaces of its own
+        # residuals live in the workspaces' residual slots until backward has run: a training
+        # call made meanwhile from ``seeds`` (a loss that trains the model) gets workspaces of
+        # its own (a forward call uses scratch slots only, dead by then)
         nested = getattr(self._local, "training", False)
         spaces: dict[int, Workspace] = {} if nested else self._spaces()
         ws = [_space(spaces, k) for k in range(len(parts))]
@@ -247,8 +248,7 @@ class CpuExecutor:
 
     def _forward_backward(self, b: Bound, seeds: Seeds, n: int, parts: list[tuple[int, int]],
                           wide: bool, timed: Callable[[float], None] | None,
-                          ws: list[Workspace]) -> tuple[list[np.ndarray],
-                                                                         list[np.ndarray]]:
+                          ws: list[Workspace]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         g = self.m.grad_programs()
         t0 = self._clock()
 

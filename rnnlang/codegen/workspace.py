@@ -15,9 +15,10 @@ which glibc serves allocations from its heap, without faults) are not kept.
 
 One workspace serves all of a model's functions (per calling thread and batch slice). Slots
 below `RESIDUAL_SLOTS` are scratch, dead when the function returns, so forward_train's input
-projection and backward's cotangent arrays share memory, and a step holds about what it held
-at its peak before (a workspace per function held the union: 285 against 184 MB for the large
-LSTM step). forward_train's residuals take slots from `RESIDUAL_SLOTS` on: they live until
+projection and backward's cotangent arrays share memory (the code generator numbers scratch
+slots by size, largest first). The large LSTM step's peak RSS growth is 232 MB with this, 184 MB
+allocating afresh, 285 MB with a workspace per function (which holds the union of all their
+temporaries). forward_train's residuals take slots from `RESIDUAL_SLOTS` on: they live until
 backward has read them, and the executor copies any residual that is a view of scratch.
 """
 
@@ -34,7 +35,8 @@ RESIDUAL_SLOTS = 1000  # first slot of forward_train's residuals
 
 
 class Workspace:
-    """Numbered work arrays of one generated function (one per batch slice and thread)."""
+    """Numbered work arrays of a model's generated functions (one per calling thread and
+    batch slice)."""
 
     __slots__ = ("bufs", "min_bytes")
 
