@@ -853,9 +853,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="baselines to run if installed (rnnlang always runs)")
     ap.add_argument("--repeats", type=int, default=21, help="max timed rounds per figure")
     ap.add_argument("--min-repeats", type=int, default=5, help="min timed rounds per figure")
-    ap.add_argument("--warmup", type=int, default=4,
+    ap.add_argument("--warmup", type=int, default=6,
                     help="untimed calls before timing (rnnlang's parallel=\"auto\" measures "
-                    "its first 5 calls of each size)")
+                    "its first 7 calls of each size)")
     ap.add_argument("--budget", type=float, default=6.0,
                     help="seconds of timed rounds per (case, cell, mode) before cutting repeats")
     ap.add_argument("--min-sample-ms", type=float, default=2.0,

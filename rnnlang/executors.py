@@ -176,11 +176,14 @@ class CpuExecutor:
 
     def _alternatives(self, fn: str, b: Bound, split: bool) -> list[
             tuple[list[tuple[int, int]], bool]]:
-        """The plans "auto" may measure: whole batch with BLAS threads, and batch slices."""
+        """The plans "auto" may measure: whole batch with BLAS threads, whole batch on one
+        thread (small per-step GEMMs: the second thread's share costs more than it saves, and
+        a one-thread plan does not wait for a core another process is using), batch slices."""
         batch = b.dims.get("B", 1)
         out: list[tuple[list[tuple[int, int]], bool]] = []
         if self._limit is not None and self.pool.threads > 1:
             out.append(([(0, batch)], True))
+            out.append(([(0, batch)], False))
         if self._sliceable(fn, b, split):
             out.append((slices(batch, self.pool.threads), False))
         return out

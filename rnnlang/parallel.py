@@ -29,12 +29,13 @@ MIN_FLOPS = 2e7  # a call cheaper than this (~1 ms) loses more to threads than i
 # forward 1.2-1.6x and forward+backward 1.05-1.5x faster for lstm, gru, elman and mgu; even with
 # large H (B=64, H=512) equal or up to 1.6x faster; at B=8 (T=1000) mixed, so smaller GEMMs
 # start with the slices. Since the winner changed from hour to hour, this is only the first
-# call's plan under parallel="auto", which then measures both (executors.CpuExecutor._choose).
+# call's plan under parallel="auto", which then measures the plans (executors.CpuExecutor._choose).
 # Risk: a busy second core stalls every 2-thread GEMM (the blas_threads note).
 WIDE_GEMM_FLOPS = 1e6
 # compile(parallel=...): measured ("auto": the size rule above for the first call of each
-# sizes, then each candidate timed TUNE_CALLS times, alternating, and the fastest kept), always
-# batch slices, always whole-batch BLAS
+# sizes, then each candidate (whole batch with BLAS threads, whole batch on one thread, batch
+# slices) timed TUNE_CALLS times, alternating, and the fastest kept), always batch slices,
+# always whole-batch BLAS
 MODES = ("auto", "slices", "blas")
 TUNE_CALLS = 2
 

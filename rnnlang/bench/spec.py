@@ -45,7 +45,7 @@ class BenchOptions:
     batch: int = 8
     modes: tuple[str, ...] = MODES
     seed: int = 0
-    warmup: int = 4  # with the checking call and the estimate: the 5 calls parallel="auto" measures
+    warmup: int = 6  # with the checking call and the estimate: the 7 calls parallel="auto" measures
     repeats: int = 11
     min_repeats: int = 3
     budget_s: float = 3.0  # timed rounds per mode, before cutting repeats

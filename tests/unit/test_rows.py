@@ -194,14 +194,16 @@ def test_threaded_calls_select_the_threaded_blas(
         assert seen == [want] * 3  # forward; forward_train and backward
 
 
-@pytest.mark.parametrize("slice_cost, want_sliced", [(1.0, True), (3.0, False)])
-def test_auto_times_both_plans_and_keeps_the_faster(
-        cache_dir: Path, monkeypatch: pytest.MonkeyPatch, slice_cost: float,
-        want_sliced: bool) -> None:
-    """parallel="auto": the first call of a size runs the size rule's plan untimed, the next
-    four alternate batch slices and the whole batch (timed), then the faster stays. Time is
-    faked: each generated-code call advances the clock, a slice by ``slice_cost``, a
-    whole-batch call by 5."""
+SLICES, BLAS, ONE = (False, True), (True, False), (False, False)  # (wide, sliced) of a call
+
+
+@pytest.mark.parametrize("fastest", [SLICES, BLAS, ONE])
+def test_auto_times_the_plans_and_keeps_the_fastest(
+        cache_dir: Path, monkeypatch: pytest.MonkeyPatch, fastest: tuple[bool, bool]) -> None:
+    """parallel="auto": the first call of a size runs the size rule's plan (here batch slices)
+    untimed, the next six alternate batch slices, the whole batch with BLAS threads and the
+    whole batch on one thread (timed), then the fastest stays. Time is faked: each
+    generated-code call advances the clock by its plan's cost."""
     if rnnlang.compile(SPEC, cache_dir=cache_dir)._executor()._limit is None:
         pytest.skip("no controllable BLAS: whole-batch BLAS threads are not a candidate")
     monkeypatch.setattr(rnnlang.executors, "MIN_FLOPS", 0)
@@ -209,15 +211,15 @@ def test_auto_times_both_plans_and_keeps_the_faster(
     ex = m._executor()
     now = [0.0]
     run, limited = ex._run, ex._limited
-    plans: list[bool] = []
+    plans: list[tuple[bool, bool]] = []
 
     def fake_run(fn: str, dims: dict[str, int], vals: dict[str, object],
                  *ws: object) -> object:
-        now[0] += slice_cost if dims["B"] < 13 else 5.0
+        now[0] += 1.0 if plans[-1] == fastest else 10.0  # per slice: 3 slices cost 3
         return run(fn, dims, vals, *ws)
 
     def spy(wide: bool, sliced: bool) -> object:
-        plans.append(sliced)
+        plans.append((wide, sliced))
         return limited(wide, sliced)
 
     monkeypatch.setattr(ex, "_run", fake_run)
@@ -226,11 +228,11 @@ def test_auto_times_both_plans_and_keeps_the_faster(
     x = np.random.default_rng(0).normal(size=(5, 13, 3))
     want = rnnlang.compile(SPEC, dtype="float64", cache_dir=cache_dir, threads=1).forward(
         {"x": x})
-    for _ in range(7):
+    for _ in range(9):
         got = m.forward({"x": x})
         for k, v in want.items():
             np.testing.assert_allclose(got[k], v, rtol=1e-10, atol=1e-12)
-    assert plans == [True, True, False, True, False, want_sliced, want_sliced]
+    assert plans == [SLICES, SLICES, BLAS, ONE, SLICES, BLAS, ONE, fastest, fastest]
 
 
 def test_step_gemm_flops_is_the_largest_per_step_product() -> None:
