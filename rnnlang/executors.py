@@ -96,6 +96,8 @@ class CpuExecutor:
             model.program.outputs))
         self._handed = {"forward": None, "forward_train": len(model.program.outputs),
                         "backward": None}
+        # a function compiled whole (a loop that could not be outlined) takes no workspace
+        self._whole = {fn: hasattr(getattr(self.module, fn), "py_func") for fn in self.programs}
         self._local = threading.local()
 
     def _spaces(self) -> dict[int, Workspace]:
@@ -109,6 +111,18 @@ class CpuExecutor:
             spaces = self._local.spaces = {}
         return spaces
 
+    def _workspaces(self, n: int, spaces: dict[int, Workspace] | None = None
+                    ) -> list[Workspace]:
+        """The workspaces of slices 0..n-1, from ``spaces`` (default: the thread's)."""
+        spaces = self._spaces() if spaces is None else spaces
+        out = []
+        for k in range(n):
+            ws = spaces.get(k)
+            if ws is None:
+                ws = spaces[k] = Workspace()
+            out.append(ws)
+        return out
+
     def workspace_bytes(self) -> int:
         """Bytes held between calls by the calling thread's workspaces."""
         return sum(ws.nbytes for ws in self._spaces().values())
@@ -117,15 +131,13 @@ class CpuExecutor:
         self._local.spaces = {}
 
     def _run(self, fn: str, dims: dict[str, int], vals: dict[str, Any],
-             ws: Workspace | None = None) -> list[np.ndarray]:
+             ws: Workspace) -> list[np.ndarray]:
         prog: Program = self.programs[fn]
         d = np.array([dims[s] for s in self.syms[fn]], dtype=np.int64)
         call = getattr(self.module, fn)
         args = [vals[v.name] for v in prog.param_vars + prog.input_vars]
-        if hasattr(call, "py_func"):  # compiled whole: it allocates with NumPy (no workspace)
+        if self._whole[fn]:  # compiled whole: it allocates with NumPy
             return list(call(*args, d))
-        if ws is None:
-            ws = _space(self._spaces(), 0)
         out = list(call(*args, d, ws))
         n = self._handed[fn]
         if n is None:
@@ -219,8 +231,7 @@ class CpuExecutor:
 
     def forward(self, b: Bound) -> list[np.ndarray]:
         parts, wide, timed = self._choose("forward", b, self.split_forward)
-        spaces = self._spaces()
-        ws = [_space(spaces, k) for k in range(len(parts))]
+        ws = self._workspaces(len(parts))
         t0 = self._clock()
         with self._limited(wide, len(parts) > 1):
             if len(parts) == 1:
@@ -241,24 +252,13 @@ class CpuExecutor:
         # call made meanwhile from ``seeds`` (a loss that trains the model) gets workspaces of
         # its own (a forward call uses scratch slots only, dead by then)
         nested = getattr(self._local, "training", False)
-        spaces: dict[int, Workspace] = {} if nested else self._spaces()
-        ws = [_space(spaces, k) for k in range(len(parts))]
-        self._local.training = True
-        try:
-            return self._forward_backward(b, seeds, n, parts, wide, timed, ws)
-        finally:
-            self._local.training = nested
-
-    def _forward_backward(self, b: Bound, seeds: Seeds, n: int, parts: list[tuple[int, int]],
-                          wide: bool, timed: Callable[[float], None] | None,
-                          ws: list[Workspace]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        ws = self._workspaces(len(parts), {} if nested else None)
         g = self.m.grad_programs()
         t0 = self._clock()
 
         def ahead(k: int) -> list[np.ndarray]:
             if len(parts) == 1:
-                return self._run("forward_train", b.dims, {**self.m.params, **b.values},
-                                 ws[k])
+                return self._run("forward_train", b.dims, {**self.m.params, **b.values}, ws[k])
             return self._run("forward_train", *self._sliced(
                 "forward_train", parts[k], b, b.values, self.m.params), ws[k])
 
@@ -266,7 +266,11 @@ class CpuExecutor:
             fwd = self.pool.map(ahead, len(parts))
         plan = self.plans["forward_train"]
         outs = fwd[0][:n] if len(parts) == 1 else join(fwd, plan)[:n]  # type: ignore[arg-type]
-        cots = {c.name: s for c, s in zip(g.cotangents, seeds(outs), strict=True)}
+        self._local.training = True  # the only user code between forward_train and backward
+        try:
+            cots = {c.name: s for c, s in zip(g.cotangents, seeds(outs), strict=True)}
+        finally:
+            self._local.training = nested
 
         def back(k: int) -> list[np.ndarray]:
             res = {r.name: o for r, o in zip(g.residuals, fwd[k][n:], strict=True)}
@@ -283,13 +287,6 @@ class CpuExecutor:
         if timed is not None:
             timed(self._clock() - t0)
         return outs, res
-
-
-def _space(spaces: dict[int, Workspace], k: int) -> Workspace:
-    ws = spaces.get(k)
-    if ws is None:
-        ws = spaces[k] = Workspace()
-    return ws
 
 
 class _Tune:

@@ -33,8 +33,7 @@ from rnnlang.ir.ops import OPS
 from rnnlang.ir.types import Dim
 
 RESERVED = {"np", "math", "kernels", "njit", "DTYPE", "dims", "ws", "t", "range", "min", "max",
-            "abs",
-            "len", "float", "int", "tuple", "print", "forward", "forward_train", "backward",
+            "abs", "len", "float", "int", "tuple", "print", "forward", "forward_train", "backward",
             "__debug__", "True", "False", "None"} | {f"i{k}" for k in range(8)}
 # Module-level names of generated code (constants K_..., helpers _..., sizes n_...) use these
 # prefixes; identifiers derived from user names never start with them.
@@ -129,8 +128,7 @@ class _Fn:
         order = sorted(range(len(self.scratch)), key=lambda k: (-self.scratch[k], k))
         rank = {f"@slot{k}@": str(r) for r, k in enumerate(order)}
         return [_PLACEHOLDER.sub(lambda mt: rank.get(mt.group(0), mt.group(0)), line)
-                if "@slot" in line
-                else line for line in lines]
+                for line in lines]
 
     def const(self, value: float) -> str:
         """A module-level constant of the program's dtype, so float32 code stays float32."""

@@ -103,10 +103,11 @@ def _sign(x):  # type: ignore[no-untyped-def]
 
 
 # Kernels whose result is sequence- or weight-sized write into ``out``, which the generated
-# Python code allocates with NumPy: NumPy asks the kernel for huge pages on arrays of 4 MB and
-# more, Numba's allocator does not, and a fresh (6400, 2048) float32 result then cost 12,800
-# page faults, 22 ms of a 197 ms LSTM forward at (100, 64, 512) (26.6 against 9.4 ms to
-# allocate and fill it, measured 2026-11-27). ``out`` must be C-contiguous.
+# Python code allocates (NumPy, or a kept work array: `rnnlang.codegen.workspace`): NumPy asks
+# the kernel for huge pages on arrays of 4 MB and more, Numba's allocator does not, and a
+# fresh (6400, 2048) float32 result then cost 12,800 page faults, 22 ms of a 197 ms LSTM
+# forward at (100, 64, 512) (26.6 against 9.4 ms to allocate and fill it, measured
+# 2026-11-27). ``out`` must be C-contiguous.
 # The sequence products call gemm themselves (not matmul): one jitted layer less per layout
 # is ~0.2 s less cold compile each.
 @njit(cache=True, error_model="numpy")

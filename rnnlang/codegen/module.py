@@ -44,12 +44,11 @@ def emit_cpu_module(programs: dict[str, Program], *, dtype: str, source_name: st
         body.line()
         body.line()
         # forward_train hands its outputs to the caller; its residuals go only to backward
-        handed = kept = None
+        handed, kept = None, frozenset[str]()
         if name == "forward_train" and n_out is not None:
             handed = frozenset(v.name for v in prog.outputs[:n_out])
             kept = frozenset(v.name for v in prog.outputs[n_out:]) - handed
-        syms[name] = emit_function(body, name, prog, dtype, consts, loops, handed,
-                                   kept or frozenset())
+        syms[name] = emit_function(body, name, prog, dtype, consts, loops, handed, kept)
     for value, cname in sorted(consts.items(), key=lambda kv: kv[1]):
         w.line(f"{cname} = DTYPE({value!r})")
     loops.emit(w)  # the time loops, each once, before the functions that call them

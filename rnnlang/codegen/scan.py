@@ -40,7 +40,8 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
         o = f.id(e.outputs[j])
         arrays.append(o)
         if arr.init is not None:
-            w.line(f"{o} = {f.copy_of(e.outputs[j].name, f.id(e.inputs[arr.init]), e.outputs[j].shape)}")  # type: ignore[arg-type]
+            init = f.id(e.inputs[arr.init])  # type: ignore[arg-type]
+            w.line(f"{o} = {f.copy_of(e.outputs[j].name, init, e.outputs[j].shape)}")
         else:
             w.line(f"{o} = {f.alloc(e.outputs[j].name, e.outputs[j].shape, 'zeros')}")
     n_arr = len(spec.arrays)
