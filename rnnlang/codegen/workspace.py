@@ -3,9 +3,10 @@
 Why: a training step at (T, B, H) = (100, 64, 512) allocates about 260 MB of sequence-sized
 arrays (the input projection, BPTT's stored gates, the cotangent accumulators) and drops them
 at the end of the call. Fresh memory from the kernel costs a page fault per 4 KiB (per 2 MiB
-with huge pages) and is zeroed by the kernel: 8,800-27,000 faults and 90-150 ms of system CPU
+with huge pages) and is zeroed by the kernel: 4,000-27,000 faults and 30-150 ms of system CPU
 time per LSTM training step there, and 16 ms per medium (100, 32, 128) step. Reusing the
-arrays made those steps 1.2-1.28x faster (measured 2026-11-27, one process alternating).
+arrays made LSTM training steps 1.12-1.25x faster (measured 2026-11-27, one process
+alternating; docs/performance.md).
 
 Generated functions allocate every array they do not hand back to the caller through a
 `Workspace` (``ws.empty(slot, shape, DTYPE)``); outputs and gradients come from NumPy as
