@@ -26,8 +26,10 @@ from rnnlang.passes.pipeline import BACKWARD, PassLog, forward_passes, run_passe
 from rnnlang.runtime import (
     BindMemo,
     Bound,
+    QuickBind,
     bind_inputs,
     init_params,
+    input_signature,
     param_dims_known,
     param_sizes,
     static_dims,
@@ -111,6 +113,10 @@ class Model:
         self._exec: Any = None
         self._param_sizes: dict[tuple[tuple[str, int], ...], dict[str, tuple[int, ...]]] = {}
         self._bind_memo: dict[Any, BindMemo] = {}
+        self._quick: dict[Any, QuickBind] = {}
+        self._grad_names: list[tuple[str, bool]] | None = None  # gradient name, of a parameter?
+        self._mask_state_names = ([i.var.name for i in program.inputs if i.role == "mask"],
+                                  [i.var.name for i in program.inputs if i.role == "state"])
         self._static_known = param_dims_known(program, static)
         if self._static_known:
             self.params = init_params(program, static, self.dtype, options.seed)
@@ -164,6 +170,16 @@ class Model:
 
     def _bind(self, inputs: Mapping[str, Any] | None, kw: Mapping[str, Any], lengths: Any,
               initial: Mapping[str, Any] | None) -> Bound:
+        sig = None
+        if not (inputs and kw) and lengths is None and not initial and (
+                self.options.target != "cuda"):
+            inputs = inputs or kw
+            sig = input_signature(inputs, self.dtype)
+            quick = self._quick.get(sig) if sig is not None else None
+            if quick is not None:
+                bound = quick.bind(inputs)
+                self._check_params(bound.dims, quick.sizes)
+                return bound
         given = dict(inputs or {})
         given.update(kw)
         device: dict[str, Any] = {}
@@ -182,14 +198,22 @@ class Model:
             model_dims = {n for n, _ in self.program.dims}
             self.static.update({k: v for k, v in bound.dims.items() if k in model_dims})
             self._static_known = param_dims_known(self.program, self.static)
-        self._check_params(bound.dims)
+        sizes = self._check_params(bound.dims)
+        if sig is not None and self._static_known:
+            if len(self._quick) >= 64:  # many distinct shapes: start over
+                self._quick.clear()
+            self._quick[sig] = QuickBind(bound, *self._mask_state_names, self.dtype, sizes)
         return bound
 
-    def _check_params(self, dims: Mapping[str, int]) -> None:
-        key = tuple(sorted(dims.items()))
-        sizes = self._param_sizes.get(key)
-        if sizes is None:  # evaluating every size per call costs as much as a small call
-            sizes = self._param_sizes[key] = param_sizes(self.program, dims)
+    def _check_params(self, dims: Mapping[str, int], sizes: dict[str, tuple[int, ...]] | None
+                      = None) -> dict[str, tuple[int, ...]]:
+        """Parameters of the shapes these sizes need (a caller may have replaced them), in
+        the model's dtype and C order; returns the shapes."""
+        if sizes is None:
+            key = tuple(sorted(dims.items()))
+            sizes = self._param_sizes.get(key)
+            if sizes is None:  # evaluating every size per call costs as much as a small call
+                sizes = self._param_sizes[key] = param_sizes(self.program, dims)
         for name, shape in sizes.items():
             got = self.params.get(name)
             if got is None or got.shape != shape:
@@ -198,6 +222,7 @@ class Model:
                             None, hint="sizes read from the data must match the parameters")
             if got.dtype != self.dtype or not got.flags.c_contiguous:
                 self.params[name] = np.ascontiguousarray(got, dtype=self.dtype)
+        return sizes
 
     def forward(self, inputs: Mapping[str, Any] | None = None, *, lengths: Any = None,
                 initial: Mapping[str, Any] | None = None, return_state: bool = False,
@@ -271,12 +296,13 @@ class Model:
         return res
 
     def _pack(self, outs: list[np.ndarray], grads: list[np.ndarray]) -> Gradients:
-        g = self.grad_programs()
-        pnames = {v.name for v in self.program.param_vars}
+        if self._grad_names is None:
+            pnames = {v.name for v in self.program.param_vars}
+            self._grad_names = [(v.name, v.name in pnames) for v in self.grad_programs().grads_of]
         gp: dict[str, np.ndarray] = {}
         gi: dict[str, np.ndarray] = {}
-        for v, arr in zip(g.grads_of, grads, strict=True):
-            (gp if v.name in pnames else gi)[v.name] = arr
+        for (name, is_param), arr in zip(self._grad_names, grads, strict=True):
+            (gp if is_param else gi)[name] = arr
         return Gradients(gp, gi, dict(zip(self.program.output_names, outs, strict=True)))
 
     # parameters -----------------------------------------------------------------------------

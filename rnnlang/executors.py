@@ -17,7 +17,6 @@ import numpy as np
 
 from rnnlang.codegen.workspace import Workspace
 from rnnlang.interp import run_program
-from rnnlang.ir.nodes import Program
 from rnnlang.ir.rows import ROW, SUM, RowPlan, row_flops, row_plan, step_gemm_flops
 from rnnlang.parallel import (
     MIN_FLOPS,
@@ -99,6 +98,9 @@ class CpuExecutor:
         # a function compiled whole (a loop that could not be outlined) takes no workspace
         self._whole = {fn: hasattr(getattr(self.module, fn), "py_func") for fn in self.programs}
         self._local = threading.local()
+        self._args = {fn: [v.name for v in p.param_vars + p.input_vars]
+                      for fn, p in self.programs.items()}
+        self._dims: dict[tuple[int, ...], np.ndarray] = {}
 
     def _spaces(self) -> dict[int, Workspace]:
         """The calling thread's workspaces, one per batch slice, shared by the functions
@@ -132,10 +134,14 @@ class CpuExecutor:
 
     def _run(self, fn: str, dims: dict[str, int], vals: dict[str, Any],
              ws: Workspace) -> list[np.ndarray]:
-        prog: Program = self.programs[fn]
-        d = np.array([dims[s] for s in self.syms[fn]], dtype=np.int64)
+        sizes = tuple([dims[s] for s in self.syms[fn]])
+        d = self._dims.get(sizes)
+        if d is None:  # read-only in generated code: one array per sizes serves every call
+            if len(self._dims) >= 256:
+                self._dims.clear()
+            d = self._dims[sizes] = np.array(sizes, dtype=np.int64)
         call = getattr(self.module, fn)
-        args = [vals[v.name] for v in prog.param_vars + prog.input_vars]
+        args = [vals[k] for k in self._args[fn]]
         if self._whole[fn]:  # compiled whole: it allocates with NumPy
             return list(call(*args, d))
         out = list(call(*args, d, ws))

@@ -126,6 +126,42 @@ class BindMemo:
     state_shapes: dict[str, tuple[int, ...]]
 
 
+class QuickBind:
+    """The binding of a call whose inputs look like an earlier call's: the same names,
+    shapes, dtype (the model's) and C order, and no lengths or initial states. Every check
+    passed then and gives the same answer now, and the sizes, masks and state shapes are the
+    same; only the arrays differ. Binding afresh walks the program's inputs three times: 8-10
+    us of a 50 us small forward (measured 2026-11-27)."""
+
+    __slots__ = ("dims", "masks", "states", "dtype", "sizes")
+
+    def __init__(self, b: Bound, masks: list[str], states: list[str], dtype: np.dtype,
+                 sizes: dict[str, tuple[int, ...]]) -> None:
+        self.dims = dict(b.dims)
+        self.masks = {k: b.values[k] for k in masks}  # never written by generated code
+        self.states = [(k, b.values[k].shape) for k in states]
+        self.dtype = dtype
+        self.sizes = sizes  # the parameters' shapes at these sizes
+
+    def bind(self, inputs: Mapping[str, np.ndarray]) -> Bound:
+        values = dict(inputs)
+        values.update(self.masks)
+        for k, shape in self.states:
+            values[k] = np.zeros(shape, self.dtype)
+        return Bound(dict(self.dims), values)
+
+
+def input_signature(inputs: Mapping[str, Any], dtype: np.dtype) -> tuple[Any, ...] | None:
+    """The key of a `QuickBind`: None unless every input is a C-ordered array of ``dtype``
+    (then binding would use each array as it is)."""
+    sig = []
+    for k, a in inputs.items():
+        if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
+            return None
+        sig.append((k, a.shape))
+    return tuple(sig)
+
+
 def bind_inputs(prog: Program, static: Mapping[str, int], inputs: Mapping[str, np.ndarray],
                 lengths: np.ndarray | Mapping[str, np.ndarray] | None,
                 initial: Mapping[str, np.ndarray] | None, dtype: np.dtype,

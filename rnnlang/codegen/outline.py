@@ -90,14 +90,16 @@ def _read_first(body: list[ast.stmt], stored: set[str], defined: set[str]) -> bo
 
 
 def outline_loop(w: CodeWriter, start: int, title: str, out: Outlined) -> bool:
-    """Replace ``w.lines[start:]`` (one ``for`` statement at the writer's current depth) by a
-    call of an outlined function; False (and nothing changed) where that is not safe."""
+    """Replace ``w.lines[start:]`` (one ``for`` statement at the writer's current depth, after
+    the assignments that allocate its per-step buffers) by a call of an outlined function;
+    False (and nothing changed) where that is not safe."""
     text = textwrap.dedent("\n".join(w.lines[start:]))
     try:
         tree = ast.parse(text)
     except SyntaxError:
         return False
-    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.For):
+    if not tree.body or not isinstance(tree.body[-1], ast.For) or not all(
+            isinstance(st, ast.Assign) for st in tree.body[:-1]):
         return False
     names = _names_in_order(tree)
     stored = {n.id for n in names if isinstance(n.ctx, ast.Store)}

@@ -33,6 +33,7 @@ import numpy as np
 
 MIN_BYTES = 1 << 17
 RESIDUAL_SLOTS = 1000  # first slot of forward_train's residuals
+_ITEMSIZE = {np.float32: 4, np.float64: 8}  # generated code passes its DTYPE (a type)
 
 
 class Workspace:
@@ -48,9 +49,12 @@ class Workspace:
     def empty(self, slot: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         n = math.prod(shape)
         buf = self.bufs.get(slot)
-        if buf is not None and buf.size >= n and buf.dtype == dtype:
+        if buf is None:  # the common case of small calls first: a dozen of these per call
+            if n * _ITEMSIZE.get(dtype, 8) < self.min_bytes:
+                return np.empty(shape, dtype)
+        elif buf.size >= n and buf.dtype == dtype:
             return buf[:n].reshape(shape)
-        if n * np.dtype(dtype).itemsize < self.min_bytes:
+        elif n * np.dtype(dtype).itemsize < self.min_bytes:
             return np.empty(shape, dtype)
         # grow by a quarter at least, so lengths that creep up do not reallocate every call
         size = n if buf is None else max(n, buf.size + buf.size // 4)

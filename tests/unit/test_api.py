@@ -224,3 +224,55 @@ def test_blas_threads_limited_only_for_rnnlangs_blas_and_restored(cache_dir: Pat
     bound = [p for p in before if blas.LIBRARY and os.path.realpath(p) == os.path.realpath(
         blas.LIBRARY)]
     assert all(inside[p] == 1 for p in bound)
+
+
+def test_quick_binding_repeats_the_first_bindings_checks(cache_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call whose inputs look like an earlier call's (names, shapes, the model's dtype, C
+    order; no lengths or initial states) reuses that binding (`runtime.QuickBind`); anything
+    else binds afresh, and replaced parameters are still checked on every call."""
+    import rnnlang.api as api
+
+    m = rnnlang.compile(SPEC, cache_dir=cache_dir, dtype="float64")
+    ref = rnnlang.compile(SPEC, target="reference", dtype="float64")
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(5, 3, 4))
+    m.forward({"x": x})
+    ref.params = {k: v.copy() for k, v in m.params.items()}
+    fresh = []
+    real = api.bind_inputs
+    monkeypatch.setattr(api, "bind_inputs", lambda prog, *a: (
+        prog is m.program and fresh.append(1)) or real(prog, *a))
+
+    def check(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12)
+
+    x2 = rng.normal(size=(5, 3, 4))
+    check(m.forward({"x": x2}), ref.forward({"x": x2}))
+    assert not fresh  # same names, shapes, dtype and order: the first binding serves
+    check(m.forward(x=x2), ref.forward(x=x2))
+    assert not fresh
+    g, gr = m.vjp({"x": x2}, {"y": np.ones((5, 3, 3))}), ref.vjp({"x": x2}, {"y": np.ones(
+        (5, 3, 3))})
+    check(g.params, gr.params)
+    assert not fresh
+    for other in (x2.astype(np.float32), np.asfortranarray(x2), x2[::-1], x2.tolist()):
+        check(m.forward({"x": other}), ref.forward({"x": np.asarray(other)}))
+    assert len(fresh) == 4
+    h0 = {"enc.h0": rng.normal(size=(3, 4)), "enc.c0": rng.normal(size=(3, 4))}
+    check(m.forward({"x": x2}, initial=h0), ref.forward({"x": x2}, initial=h0))
+    lengths = np.array([5, 2, 4])
+    check(m.forward({"x": x2}, lengths=lengths), ref.forward({"x": x2}, lengths=lengths))
+    assert len(fresh) == 6
+    check(m.forward({"x": x2}), ref.forward({"x": x2}))  # zero states and full masks again
+    assert len(fresh) == 6
+    with pytest.raises(RnnUserError, match="E601"):
+        m.forward({"x": x2, "z": x2})
+    m.params["enc.U"] = m.params["enc.U"][:, :8]
+    with pytest.raises(RnnUserError, match="E602"):
+        m.forward({"x": x2})
+    m.params["enc.U"] = ref.params["enc.U"].astype(np.float32)  # converted, as before
+    ref.params["enc.U"] = m.params["enc.U"].astype(np.float64)
+    check(m.forward({"x": x2}), ref.forward({"x": x2}))
+    assert m.params["enc.U"].dtype == np.float64

@@ -108,3 +108,34 @@ def test_sequence_sized_results_are_allocated_in_python(cache_dir: Path) -> None
         assert found, (name, out)
         sources.add(found.group(1))
     assert sources == {"np", "ws"}  # weight gradients are handed back, the input projection not
+
+
+def test_per_step_buffers_are_allocated_inside_the_outlined_loops(cache_dir: Path) -> None:
+    """A step's buffers (gate products, cotangents of one step) are made by the jitted loop
+    function, not passed in by the Python-level code: each workspace call and argument cost
+    the Python side about 1.3 us, a tenth of a small model's call."""
+    m = rnnlang.compile(STACK, cache_dir=cache_dir, dtype="float64")
+    src = m._executor().source
+    loops = {name: src.split(f"def {name}(")[1].split("\ndef ")[0]
+             for name in re.findall(r"^def (_loop_\d+)\(", src, re.M)}
+    time_loops = {n: body for n, body in loops.items() if "for t in" in body}
+    assert len(time_loops) == 3
+    for name, body in time_loops.items():
+        head = body.split("for t in")[0]
+        assert re.search(r"^ +\w+ = np\.empty\(\(n_B, [\w *]+\), DTYPE\)$", head, re.M), name
+    for fn in ("forward", "forward_train", "backward"):
+        top = src.split(f"\ndef {fn}(")[1].split("\ndef ")[0]
+        assert not re.search(r"ws\.(empty|zeros)\(\d+, \(n_B,", top), fn
+    _assert_reference_gradients(m, seed=2)
+
+
+def test_outlining_takes_leading_allocations_along() -> None:
+    out = Outlined("@njit")
+    w = _writer("buf = np.empty((n,), DTYPE)\nfor t in range(n):\n    buf[t] = a[t]\n"
+                "    a[t] = buf[t] * K_2_0\n")
+    assert outline_loop(w, 1, "loop", out)
+    assert w.lines[-1] == "    _loop_0(n, a)"
+    body = out.functions[next(iter(out.functions))][1]
+    assert any(line.strip() == "buf = np.empty((n,), DTYPE)" for line in body)
+    w = _writer("buf = np.empty((n,), DTYPE)\nprint(buf)\nfor t in range(n):\n    a[t] = buf[t]\n")
+    assert not outline_loop(w, 1, "loop", out)  # only assignments may come before the loop
