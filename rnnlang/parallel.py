@@ -34,7 +34,7 @@ MIN_FLOPS = 2e7  # a call cheaper than this (~1 ms) loses more to threads than i
 WIDE_GEMM_FLOPS = 1e6
 # compile(parallel=...): measured ("auto": the size rule above for the first call of each
 # sizes, then each candidate (whole batch with BLAS threads, whole batch on one thread, batch
-# slices) timed TUNE_CALLS times, alternating, and the fastest kept), always batch slices,
+# slices) timed TUNE_CALLS times, alternating, and the smallest mean kept), always batch slices,
 # always whole-batch BLAS
 MODES = ("auto", "slices", "blas")
 TUNE_CALLS = 2

@@ -240,3 +240,19 @@ def test_step_gemm_flops_is_the_largest_per_step_product() -> None:
                         "output y = h }", target="reference")
     # the hoisted x @ W is outside the loop; the loop's product is h[t-1] (B x H) @ U (H x 4H)
     assert step_gemm_flops(m.program, {"B": 3, "T:x": 7, **m.static}) == 2 * 3 * 6 * 24
+
+
+def test_auto_keeps_the_plan_with_the_smallest_mean_not_the_luckiest_sample() -> None:
+    """A plan that stalls now and then (threads waiting for a busy core) can have the best
+    single sample and still be slower: the mean decides."""
+    from rnnlang.executors import _Tune
+    from rnnlang.parallel import TUNE_CALLS
+
+    steady, lucky = ([(0, 4)], False), ([(0, 2), (2, 4)], False)
+    tune = _Tune([lucky, steady])
+    tune.record(tune.pick(), 99.0)  # the untimed first call
+    samples = {0: [1.0] + [30.0] * (TUNE_CALLS - 1), 1: [10.0] * TUNE_CALLS}
+    while tune.best is None:
+        k = tune.pick()
+        tune.record(k, samples[k].pop())
+    assert tune.best == steady
