@@ -858,7 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "its first 7 calls of each size)")
     ap.add_argument("--budget", type=float, default=6.0,
                     help="seconds of timed rounds per (case, cell, mode) before cutting repeats")
-    ap.add_argument("--min-sample-ms", type=float, default=2.0,
+    ap.add_argument("--min-sample-ms", type=float, default=20.0,
                     help="calls per sample are batched until a sample lasts this long")
     ap.add_argument("--threads", type=int, default=2,
                     help="threads for torch and Numba; run as a script, also for BLAS and OpenMP")
