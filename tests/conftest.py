@@ -59,3 +59,23 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     started = getattr(config, "_rnnlang_cudasim", None)
     if started is not None and started[0].poll() is None:
         started[0].kill()  # the run was interrupted before the test collected it
+
+
+@pytest.fixture
+def poisoned_workspaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every work array starts as NaN (as a reused one may hold anything): an array the
+    generated code takes without zeroing and reads before it has written it spoils the
+    results (`rnnlang.codegen.scan._fully_written` decides which need no zeroing)."""
+    import numpy as np
+
+    from rnnlang.codegen.workspace import Workspace
+
+    empty = Workspace.empty
+
+    def nan_empty(self: Workspace, slot: int, shape: tuple[int, ...], dtype: object
+                  ) -> np.ndarray:
+        a = empty(self, slot, shape, dtype)
+        a.fill(np.nan)
+        return a
+
+    monkeypatch.setattr(Workspace, "empty", nan_empty)

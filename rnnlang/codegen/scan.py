@@ -35,15 +35,17 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
     w.comment(f"{'reverse' if spec.reverse else 'forward'} time loop: "
               f"{e.comment or 'scan'}")
     w.line(f"{T} = {f.dim(spec.time)}")
-    arrays = []
+    arrays = [f.id(e.outputs[j]) for j in range(len(spec.arrays))]
+    direct = _direct_stores(spec, arrays)
+    full = _fully_written(spec, e, direct, arrays)
     for j, arr in enumerate(spec.arrays):
-        o = f.id(e.outputs[j])
-        arrays.append(o)
+        o = arrays[j]
         if arr.init is not None:
             init = f.id(e.inputs[arr.init])  # type: ignore[arg-type]
             w.line(f"{o} = {f.copy_of(e.outputs[j].name, init, e.outputs[j].shape)}")
         else:
-            w.line(f"{o} = {f.alloc(e.outputs[j].name, e.outputs[j].shape, 'zeros')}")
+            kind = "empty" if j in full else "zeros"
+            w.line(f"{o} = {f.alloc(e.outputs[j].name, e.outputs[j].shape, kind)}")
     n_arr = len(spec.arrays)
     extra_outs = e.outputs[n_arr:]
     for v in extra_outs:
@@ -70,20 +72,8 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
             step_allocs.append(f"{z} = np.zeros({f.shape(v.shape)}, DTYPE)")
     # storage plan for body values
     outputs = {v.name for v in body.outputs}
-    direct: dict[str, str] = {}
     inputs = {v.name for v in body.inputs}
     views = {x.outputs[0].name for x in body.eqns if x.op == "slice"}
-    stores_per_array: dict[int, int] = {}
-    for ob in spec.out_bind:
-        if isinstance(ob, Store):
-            stores_per_array[ob.array] = stores_per_array.get(ob.array, 0) + 1
-    for v, ob in zip(body.outputs, spec.out_bind, strict=True):
-        # a set at t, or the only add into a zero-initialized array at t: write in place
-        sole_add = (isinstance(ob, Store) and ob.accumulate and ob.offset == 0 and
-                    spec.arrays[ob.array].init is None and stores_per_array[ob.array] == 1)
-        if (isinstance(ob, Store) and (not ob.accumulate or sole_add) and ob.offset == 0 and
-                v.name not in inputs and v.name not in direct and v.name not in views):
-            direct[v.name] = arrays[ob.array]
     groups = _groups(body.eqns)
     live = set(outputs)
     for x in body.eqns:
@@ -137,6 +127,46 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
     if f.outlined is not None:
         outline_loop(w, start, f"{'reverse' if spec.reverse else 'forward'} time loop: "
                      f"{e.comment or 'scan'}", f.outlined)
+
+
+def _direct_stores(spec: ScanSpec, arrays: list[str]) -> dict[str, str]:
+    """Body outputs the loop computes straight into a written array's current step (body
+    value name -> array): a set at t, or the only add into a zero-initialized array at t."""
+    body = spec.body
+    inputs = {v.name for v in body.inputs}
+    views = {x.outputs[0].name for x in body.eqns if x.op == "slice"}
+    stores_per_array: dict[int, int] = {}
+    for ob in spec.out_bind:
+        if isinstance(ob, Store):
+            stores_per_array[ob.array] = stores_per_array.get(ob.array, 0) + 1
+    direct: dict[str, str] = {}
+    for v, ob in zip(body.outputs, spec.out_bind, strict=True):
+        sole_add = (isinstance(ob, Store) and ob.accumulate and ob.offset == 0 and
+                    spec.arrays[ob.array].init is None and stores_per_array[ob.array] == 1)
+        if (isinstance(ob, Store) and (not ob.accumulate or sole_add) and ob.offset == 0 and
+                v.name not in inputs and v.name not in direct and v.name not in views):
+            direct[v.name] = arrays[ob.array]
+    return direct
+
+
+def _fully_written(spec: ScanSpec, e: Eqn, direct: dict[str, str], arrays: list[str]
+                   ) -> set[int]:
+    """Written arrays that every step sets in full before anything reads them, so they need
+    no zeroing first: each store sets the current step (or is the only add into it, which
+    `_direct_stores` turns into a set), nothing reads the current or a later step, one step
+    per row of the array. Zeroing them was a memory pass each: 5-7% of an LSTM or GRU
+    training step at (100, 32, 128) and (100, 64, 512)."""
+    sets: dict[int, bool] = {}
+    for v, ob in zip(spec.body.outputs, spec.out_bind, strict=True):
+        if isinstance(ob, Store):
+            setting = ob.offset == 0 and (not ob.accumulate or direct.get(v.name) == arrays[
+                ob.array])
+            sets[ob.array] = sets.get(ob.array, True) and setting
+    ahead = {b.source[1] for b in spec.in_bind if isinstance(b, Tap) and b.source[0] == "out"
+             and (b.offset == 0 or (b.offset > 0) != spec.reverse)}
+    return {j for j, ok in sets.items()
+            if ok and spec.arrays[j].init is None and j not in ahead
+            and e.outputs[j].shape[0] == spec.time}
 
 
 def _concat_in_place(f: _Fn, eqns: tuple[Eqn, ...], excluded: set[str]) -> set[str]:

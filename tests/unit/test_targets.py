@@ -87,6 +87,10 @@ VARIANTS = ["cpu", "cpu-O0", "reference"]
 Trio = dict[str, rnnlang.Model]
 
 
+# every work array starts as NaN (conftest.poisoned_workspaces)
+pytestmark = pytest.mark.usefixtures("poisoned_workspaces")
+
+
 @pytest.fixture(scope="module")
 def trios(cache_dir: Path) -> Callable[[str], Trio]:
     made: dict[str, Trio] = {}

@@ -66,9 +66,10 @@ def _data(rng: np.random.Generator, T: int, B: int, F: int) -> tuple[np.ndarray,
 @pytest.mark.parametrize("threads, parallel", [(1, "auto"), (2, "slices")])
 @pytest.mark.parametrize("spec", ["pooled", "cnn_rnn"])
 def test_results_survive_later_calls(spec: str, threads: int, parallel: str, cache_dir: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every work array is kept (MIN_BYTES 0), calls alternate sizes and modes, and every
-    result handed out earlier still equals the reference interpreter's."""
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     poisoned_workspaces: None) -> None:
+    """Every work array is kept (MIN_BYTES 0) and starts as NaN, calls alternate sizes and
+    modes, and every result handed out earlier still equals the reference interpreter's."""
     monkeypatch.setattr(workspace, "MIN_BYTES", 0)
     monkeypatch.setattr(rnnlang.executors, "MIN_FLOPS", 0)
     src = POOLED if spec == "pooled" else EXAMPLES / "cnn_rnn.rnn"
@@ -137,8 +138,9 @@ def test_functions_share_scratch_largest_first(cache_dir: Path) -> None:
     m = rnnlang.compile(LSTM, dtype="float32", cache_dir=cache_dir)
     src = m.emit("python")
     assert "x_h_W = ws.empty(0, (n_T_x, n_B, 4 * n_H), DTYPE)" in src
-    assert "d_x_h_W = ws.zeros(0, (n_T_x, n_B, 4 * n_H), DTYPE)" in src
-    assert f"h_h = ws.zeros({workspace.RESIDUAL_SLOTS}, (n_T_x, n_B, n_H), DTYPE)" in src
+    assert "d_x_h_W = ws.empty(0, (n_T_x, n_B, 4 * n_H), DTYPE)" in src  # set at every step
+    assert f"h_h = ws.empty({workspace.RESIDUAL_SLOTS}, (n_T_x, n_B, n_H), DTYPE)" in src
+    assert "acc_c = ws.zeros(" in src  # added into from the next step: zeroed first
     x = np.random.default_rng(3).normal(size=(60, 16, 32))  # (60, 16, 256) float32: 983 KB
     m.vjp({"x": x}, {"y": np.ones((60, 16, 64))})
     held = m.workspace_bytes()
