@@ -132,6 +132,23 @@ def mm3_tn(a, g, out):  # type: ignore[no-untyped-def]
          out)
 
 
+# The right operand W^T of a per-step x @ W^T (BPTT's d @ U^T), made once before the time loop.
+# Measured per step (2-core Xeon, 2026-11-27): NumPy's OpenBLAS (one-thread calls) repacks a
+# transposed operand slowly, (32, 512) @ (512, 128) 94 us with U.T against 48 us with a
+# C-ordered copy, (64, 2048) @ (2048, 512) 1.73 against 1.43 ms; SciPy's OpenBLAS (threaded
+# calls) is as fast or faster with the view (2 threads at that large shape: 1.08 against
+# 1.24 ms), and a large copy costs 3 ms itself. So weights up to TRANSPOSE_COPY_MAX elements
+# are copied, larger ones used as the view.
+TRANSPOSE_COPY_MAX = 1 << 18
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def transposed(w):  # type: ignore[no-untyped-def]
+    if w.size <= TRANSPOSE_COPY_MAX:
+        return np.ascontiguousarray(w.T)
+    return w.T
+
+
 # 2-D products too go through rnnlang's GEMM (`rnnlang.codegen.blas`), never NumPy's in the
 # Python-level code, so that every GEMM uses the BLAS whose threads rnnlang controls.
 @njit(cache=True, error_model="numpy")

@@ -99,6 +99,16 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
             if isinstance(a, Var) and a.name in slice_of and a.name not in scratch:
                 scratch[a.name] = f.fresh(f"{a.name}_c")
                 step_allocs.append(f"{scratch[a.name]} = np.empty({f.shape(a.shape)}, DTYPE)")
+    # a loop-invariant right operand of x @ W^T (BPTT's d @ U^T) is transposed once, before
+    # the loop, where a C-ordered copy pays (`kernels.transposed`)
+    invariant = {v.name for v, b in zip(body.inputs, spec.in_bind, strict=True)
+                 if isinstance(b, ConstRef)}
+    transposed: dict[str, str] = {}
+    for x in body.eqns:
+        w_op = x.inputs[1] if x.op == "matmul_nt" else None
+        if isinstance(w_op, Var) and w_op.name in invariant and w_op.name not in transposed:
+            transposed[w_op.name] = f.fresh(f"{w_op.name}_T")
+            step_allocs.append(f"{transposed[w_op.name]} = kernels.transposed({f.id(w_op)})")
     steps = f"range({T} - 1, -1, -1)" if spec.reverse else f"range({T})"
     start = len(w.lines)
     for line in step_allocs:
@@ -122,7 +132,7 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
             if OPS[g[0].op].pointwise:
                 emit_pointwise_group(f, g, keep)
             else:
-                _body_op(f, g[0], scratch)
+                _body_op(f, g[0], scratch, transposed)
         _stores(f, spec, arrays, sums, spills, T, direct)
     if f.outlined is not None:
         outline_loop(w, start, f"{'reverse' if spec.reverse else 'forward'} time loop: "
@@ -191,7 +201,7 @@ def _concat_in_place(f: _Fn, eqns: tuple[Eqn, ...], excluded: set[str]) -> set[s
     return done
 
 
-def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str]) -> None:
+def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str], transposed: dict[str, str]) -> None:
     out = e.outputs[0]
     o = f.id(out)
     a = dict(e.attrs)
@@ -215,6 +225,8 @@ def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str]) -> None:
     match e.op:
         case "matmul":
             f.w.line(f"kernels.gemm({ins[0]}, {ins[1]}, {o})")
+        case "matmul_nt" if isinstance(e.inputs[1], Var) and e.inputs[1].name in transposed:
+            f.w.line(f"kernels.gemm({ins[0]}, {transposed[e.inputs[1].name]}, {o})")
         case "matmul_nt":
             f.w.line(f"kernels.gemm({ins[0]}, {ins[1]}.T, {o})")
         case "matmul_tn":
