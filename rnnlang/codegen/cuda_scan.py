@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 from rnnlang.codegen.cpu import _Fn, _groups, _keep_set
 from rnnlang.codegen.cuda import Ctx, Kernels, _signature, cx, decompose, emit_element, scalar
+from rnnlang.codegen.scan import _direct_stores
 from rnnlang.codegen.writer import CodeWriter
 from rnnlang.ir.nodes import ConstRef, Eqn, ScanSpec, Store, SumTo, Var
 from rnnlang.ir.ops import OPS
@@ -193,21 +194,10 @@ def emit_scan(f: _Fn, ks: Kernels, fn: str, syms: tuple[str, ...], e: Eqn) -> No
         else:
             alt = Home(f.id(e.inputs[b.fallback])) if b.fallback is not None else None  # type: ignore
             homes[v.name] = Home(src, (_time(b.offset),), cond=_in_range(b.offset, T), alt=alt)
-    inputs = {v.name for v in body.inputs}
     views = {x.outputs[0].name for x in body.eqns if x.op == "slice"}
-    stores_per_array: dict[int, int] = {}
-    for ob in spec.out_bind:
-        if isinstance(ob, Store):
-            stores_per_array[ob.array] = stores_per_array.get(ob.array, 0) + 1
-    direct: dict[str, str] = {}
-    for v, ob in zip(body.outputs, spec.out_bind, strict=True):
-        sole_add = (isinstance(ob, Store) and ob.accumulate and ob.offset == 0 and
-                    spec.arrays[ob.array].init is None and stores_per_array[ob.array] == 1)
-        if (isinstance(ob, Store) and (not ob.accumulate or sole_add) and ob.offset == 0 and
-                v.name not in inputs and v.name not in direct and v.name not in views and
-                kind[v.name] == "row"):
-            direct[v.name] = arrays[ob.array]
-            homes[v.name] = Home(arrays[ob.array], ("t",))
+    direct = _direct_stores(spec, arrays, lambda name: kind[name] == "row")
+    for name, arr in direct.items():
+        homes[name] = Home(arr, ("t",))
     groups = _groups(body.eqns)
     live = {v.name for v in body.outputs}
     for x in body.eqns:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rnnlang.codegen.cpu import (
     _copy_loop,
     _Fn,
@@ -139,9 +141,11 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
                      f"{e.comment or 'scan'}", f.outlined)
 
 
-def _direct_stores(spec: ScanSpec, arrays: list[str]) -> dict[str, str]:
+def _direct_stores(spec: ScanSpec, arrays: list[str],
+                   allowed: Callable[[str], bool] = lambda _name: True) -> dict[str, str]:
     """Body outputs the loop computes straight into a written array's current step (body
-    value name -> array): a set at t, or the only add into a zero-initialized array at t."""
+    value name -> array): a set at t, or the only add into a zero-initialized array at t;
+    ``allowed`` narrows the candidates (the CUDA target: per-row values only)."""
     body = spec.body
     inputs = {v.name for v in body.inputs}
     views = {x.outputs[0].name for x in body.eqns if x.op == "slice"}
@@ -154,7 +158,8 @@ def _direct_stores(spec: ScanSpec, arrays: list[str]) -> dict[str, str]:
         sole_add = (isinstance(ob, Store) and ob.accumulate and ob.offset == 0 and
                     spec.arrays[ob.array].init is None and stores_per_array[ob.array] == 1)
         if (isinstance(ob, Store) and (not ob.accumulate or sole_add) and ob.offset == 0 and
-                v.name not in inputs and v.name not in direct and v.name not in views):
+                v.name not in inputs and v.name not in direct and v.name not in views and
+                allowed(v.name)):
             direct[v.name] = arrays[ob.array]
     return direct
 
