@@ -9,7 +9,8 @@ arrays made LSTM training steps 1.12-1.25x faster (measured 2026-11-27, one proc
 alternating; docs/performance.md).
 
 Generated functions allocate every array they do not hand back to the caller through a
-`Workspace` (``ws.empty(slot, shape, DTYPE)``); outputs and gradients come from NumPy as
+`Workspace` (``ws.empty(slot, shape, DTYPE)``), except a step's buffers, which the jitted time
+loops allocate themselves (cheaper for small calls); outputs and gradients come from NumPy as
 before, and the executor copies any that share memory with a work array (`detached`), so a
 caller never sees its results change on the next call. Arrays under `MIN_BYTES` (the size below
 which glibc serves allocations from its heap, without faults) are not kept.
