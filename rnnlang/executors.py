@@ -176,10 +176,19 @@ class CpuExecutor:
         18 against 24 ms one night, whole 21 against 34 ms the next morning, each interleaved
         in one process), so "auto" measures instead of trusting a size rule alone: for each
         sizes, the first call runs the size rule's plan untimed (it may include the JIT),
-        then `_Tune` alternates the candidates, and the fastest is kept."""
-        key = (fn, split, WIDE_GEMM_FLOPS, MIN_FLOPS, tuple(sorted(b.dims.items())))
+        then `_Tune` alternates the candidates, and the fastest is kept.
+
+        Sequence lengths count by the next power of two, and times per step: a caller whose
+        lengths vary (a length-bucketed data set, streaming chunks) measures once per octave
+        of lengths, not on the first seven calls of every length."""
+        steps = sum(v for k, v in b.dims.items() if k.startswith("T:")) or 1
+        key = (fn, split, WIDE_GEMM_FLOPS, MIN_FLOPS, tuple(sorted(
+            (k, 1 << (v - 1).bit_length() if k.startswith("T:") else v)
+            for k, v in b.dims.items())))
         tune = self._tuning.get(key)
         if tune is None:  # remembered per sizes, settled at once when there is no choice
+            if len(self._tuning) >= 256:  # sizes without end: start over
+                self._tuning.clear()
             rule = self._parts(fn, b, split)
             cands = [rule]
             if self.m.options.parallel == "auto":
@@ -190,7 +199,7 @@ class CpuExecutor:
         if tune.best is not None:
             return tune.best[0], tune.best[1], None
         k = tune.pick()
-        return tune.cands[k][0], tune.cands[k][1], lambda dt: tune.record(k, dt)
+        return tune.cands[k][0], tune.cands[k][1], lambda dt: tune.record(k, dt / steps)
 
     def _alternatives(self, fn: str, b: Bound, split: bool) -> list[
             tuple[list[tuple[int, int]], bool]]:

@@ -256,3 +256,42 @@ def test_auto_keeps_the_plan_with_the_smallest_mean_not_the_luckiest_sample() ->
         k = tune.pick()
         tune.record(k, samples[k].pop())
     assert tune.best == steady
+
+
+def test_auto_measures_once_per_octave_of_lengths_and_per_step(
+        cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lengths 5 to 8 share one measurement (the next power of two is 8), and plans are
+    compared per step: the one-thread plan, measured on the longer calls, costs more per call
+    but less per step, and is kept. Time is faked as in the test above."""
+    if rnnlang.compile(SPEC, cache_dir=cache_dir)._executor()._limit is None:
+        pytest.skip("no controllable BLAS: whole-batch BLAS threads are not a candidate")
+    monkeypatch.setattr(rnnlang.executors, "MIN_FLOPS", 0)
+    m = rnnlang.compile(SPEC, dtype="float64", cache_dir=cache_dir, threads=3)
+    ex = m._executor()
+    now = [0.0]
+    run, limited = ex._run, ex._limited
+    plans: list[tuple[bool, bool]] = []
+
+    def fake_run(fn: str, dims: dict[str, int], vals: dict[str, object],
+                 *ws: object) -> object:
+        now[0] += dims["T:x"] * (1.0 if plans[-1] == ONE else 1.5)
+        return run(fn, dims, vals, *ws)
+
+    def spy(wide: bool, sliced: bool) -> object:
+        plans.append((wide, sliced))
+        return limited(wide, sliced)
+
+    monkeypatch.setattr(ex, "_run", fake_run)
+    monkeypatch.setattr(ex, "_limited", spy)
+    monkeypatch.setattr(ex, "_clock", lambda: now[0])
+    ref = rnnlang.compile(SPEC, dtype="float64", cache_dir=cache_dir, threads=1)
+    rng = np.random.default_rng(1)
+    # the calls that measure the one-thread plan (4th and 7th) are the long ones: per call it
+    # would lose (8 against 7.5 for a 5-step call on another plan), per step it wins
+    for T in (5, 5, 5, 8, 5, 5, 8, 6, 7):
+        x = rng.normal(size=(T, 13, 3))
+        got, want = m.forward({"x": x}), ref.forward({"x": x})
+        for k, v in want.items():
+            np.testing.assert_allclose(got[k], v, rtol=1e-10, atol=1e-12)
+    assert plans == [SLICES, SLICES, BLAS, ONE, SLICES, BLAS, ONE, ONE, ONE]
+    assert len([k for k in ex._tuning if k[0] == "forward"]) == 1
