@@ -338,8 +338,8 @@ def emit_top(f: _Fn, e: Eqn) -> None:
             assert isinstance(src, Var)
             f.w.line(f"{o} = {f.alloc(out.name, out.shape, 'zeros')}")
             _copy_loop(f, o, src, offset=f.dim(a["start"]))
-        case "sum_to":
-            f.w.line(f"{o} = {f.alloc(out.name, out.shape, 'zeros')}")
+        case "sum_to":  # _sum_to zeroes it first
+            f.w.line(f"{o} = {f.alloc(out.name, out.shape, 'empty')}")
             _sum_to(f, e, o)
         case "zeros":
             f.w.line(f"{o} = {f.alloc(out.name, out.shape, 'zeros')}")
