@@ -4,6 +4,7 @@ CPU executor's threaded slices against one thread."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -197,13 +198,14 @@ def test_threaded_calls_select_the_threaded_blas(
 SLICES, BLAS, ONE = (False, True), (True, False), (False, False)  # (wide, sliced) of a call
 
 
-@pytest.mark.parametrize("fastest", [SLICES, BLAS, ONE])
-def test_auto_times_the_plans_and_keeps_the_fastest(
-        cache_dir: Path, monkeypatch: pytest.MonkeyPatch, fastest: tuple[bool, bool]) -> None:
-    """parallel="auto": the first call of a size runs the size rule's plan (here batch slices)
-    untimed, the next six alternate batch slices, the whole batch with BLAS threads and the
-    whole batch on one thread (timed), then the fastest stays. Time is faked: each
-    generated-code call advances the clock by its plan's cost."""
+Cost = Callable[[tuple[bool, bool], dict[str, int]], float]
+
+
+def _faked_auto(cache_dir: Path, monkeypatch: pytest.MonkeyPatch, cost: Cost
+                ) -> tuple[rnnlang.Model, list[tuple[bool, bool]]]:
+    """A three-thread "auto" model whose generated-code calls advance a fake clock by
+    ``cost(plan, sizes)`` (per slice: three slices cost three times), and the list of the
+    plans its calls ran, (wide, sliced) each."""
     if rnnlang.compile(SPEC, cache_dir=cache_dir)._executor()._limit is None:
         pytest.skip("no controllable BLAS: whole-batch BLAS threads are not a candidate")
     monkeypatch.setattr(rnnlang.executors, "MIN_FLOPS", 0)
@@ -215,7 +217,7 @@ def test_auto_times_the_plans_and_keeps_the_fastest(
 
     def fake_run(fn: str, dims: dict[str, int], vals: dict[str, object],
                  *ws: object) -> object:
-        now[0] += 1.0 if plans[-1] == fastest else 10.0  # per slice: 3 slices cost 3
+        now[0] += cost(plans[-1], dims)
         return run(fn, dims, vals, *ws)
 
     def spy(wide: bool, sliced: bool) -> object:
@@ -225,6 +227,18 @@ def test_auto_times_the_plans_and_keeps_the_fastest(
     monkeypatch.setattr(ex, "_run", fake_run)
     monkeypatch.setattr(ex, "_limited", spy)
     monkeypatch.setattr(ex, "_clock", lambda: now[0])
+    return m, plans
+
+
+@pytest.mark.parametrize("fastest", [SLICES, BLAS, ONE])
+def test_auto_times_the_plans_and_keeps_the_fastest(
+        cache_dir: Path, monkeypatch: pytest.MonkeyPatch, fastest: tuple[bool, bool]) -> None:
+    """parallel="auto": the first call of a size runs the size rule's plan (here batch slices)
+    untimed, the next six alternate batch slices, the whole batch with BLAS threads and the
+    whole batch on one thread (timed), then the fastest stays. Time is faked: each
+    generated-code call advances the clock by its plan's cost."""
+    m, plans = _faked_auto(cache_dir, monkeypatch,
+                           lambda plan, dims: 1.0 if plan == fastest else 10.0)
     x = np.random.default_rng(0).normal(size=(5, 13, 3))
     want = rnnlang.compile(SPEC, dtype="float64", cache_dir=cache_dir, threads=1).forward(
         {"x": x})
@@ -263,27 +277,8 @@ def test_auto_measures_once_per_octave_of_lengths_and_per_step(
     """Lengths 5 to 8 share one measurement (the next power of two is 8), and plans are
     compared per step: the one-thread plan, measured on the longer calls, costs more per call
     but less per step, and is kept. Time is faked as in the test above."""
-    if rnnlang.compile(SPEC, cache_dir=cache_dir)._executor()._limit is None:
-        pytest.skip("no controllable BLAS: whole-batch BLAS threads are not a candidate")
-    monkeypatch.setattr(rnnlang.executors, "MIN_FLOPS", 0)
-    m = rnnlang.compile(SPEC, dtype="float64", cache_dir=cache_dir, threads=3)
-    ex = m._executor()
-    now = [0.0]
-    run, limited = ex._run, ex._limited
-    plans: list[tuple[bool, bool]] = []
-
-    def fake_run(fn: str, dims: dict[str, int], vals: dict[str, object],
-                 *ws: object) -> object:
-        now[0] += dims["T:x"] * (1.0 if plans[-1] == ONE else 1.5)
-        return run(fn, dims, vals, *ws)
-
-    def spy(wide: bool, sliced: bool) -> object:
-        plans.append((wide, sliced))
-        return limited(wide, sliced)
-
-    monkeypatch.setattr(ex, "_run", fake_run)
-    monkeypatch.setattr(ex, "_limited", spy)
-    monkeypatch.setattr(ex, "_clock", lambda: now[0])
+    m, plans = _faked_auto(cache_dir, monkeypatch,
+                           lambda plan, dims: dims["T:x"] * (1.0 if plan == ONE else 1.5))
     ref = rnnlang.compile(SPEC, dtype="float64", cache_dir=cache_dir, threads=1)
     rng = np.random.default_rng(1)
     # the calls that measure the one-thread plan (4th and 7th) are the long ones: per call it
@@ -294,4 +289,4 @@ def test_auto_measures_once_per_octave_of_lengths_and_per_step(
         for k, v in want.items():
             np.testing.assert_allclose(got[k], v, rtol=1e-10, atol=1e-12)
     assert plans == [SLICES, SLICES, BLAS, ONE, SLICES, BLAS, ONE, ONE, ONE]
-    assert len([k for k in ex._tuning if k[0] == "forward"]) == 1
+    assert len([k for k in m._executor()._tuning if k[0] == "forward"]) == 1
