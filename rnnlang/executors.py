@@ -88,7 +88,8 @@ class CpuExecutor:
         self._limit = _blas_limiter(model.options.blas_threads)
         self._select_blas = select
         self.pool = Pool(model.options.threads or default_threads())
-        self._tuning: dict[tuple[Any, ...], _Tune] = {}
+        self._tuning: dict[tuple[Any, ...], _Tune] = {}  # by exact sizes
+        self._octaves: dict[tuple[Any, ...], _Tune] = {}  # the same, by octave of lengths
         self._clock = time.perf_counter
         self.plans = {k: row_plan(p) for k, p in self.programs.items()}
         self.split_forward, self.split_train = _splittable(self.plans, g, len(
@@ -181,24 +182,29 @@ class CpuExecutor:
         Sequence lengths count by the next power of two, and times per step: a caller whose
         lengths vary (a length-bucketed data set, streaming chunks) measures once per octave
         of lengths, not on the first seven calls of every length."""
-        steps = sum(v for k, v in b.dims.items() if k.startswith("T:")) or 1
-        key = (fn, split, WIDE_GEMM_FLOPS, MIN_FLOPS, tuple(sorted(
-            (k, 1 << (v - 1).bit_length() if k.startswith("T:") else v)
-            for k, v in b.dims.items())))
-        tune = self._tuning.get(key)
-        if tune is None:  # remembered per sizes, settled at once when there is no choice
+        exact = (fn, split, WIDE_GEMM_FLOPS, MIN_FLOPS, tuple(sorted(b.dims.items())))
+        tune = self._tuning.get(exact)  # per exact sizes first: this lookup is on every call
+        if tune is None:
             if len(self._tuning) >= 256:  # sizes without end: start over
                 self._tuning.clear()
-            rule = self._parts(fn, b, split)
-            cands = [rule]
-            if self.m.options.parallel == "auto":
-                cands += [c for c in self._alternatives(fn, b, split) if c != rule]
-            tune = self._tuning[key] = _Tune(cands)
-            if len(cands) == 1:
-                tune.best = rule
+                self._octaves.clear()
+            octave = exact[:4] + (tuple(sorted(
+                (k, 1 << (v - 1).bit_length() if k.startswith("T:") else v)
+                for k, v in b.dims.items())),)
+            tune = self._octaves.get(octave)
+            if tune is None:  # settled at once when there is no choice
+                rule = self._parts(fn, b, split)
+                cands = [rule]
+                if self.m.options.parallel == "auto":
+                    cands += [c for c in self._alternatives(fn, b, split) if c != rule]
+                tune = self._octaves[octave] = _Tune(cands)
+                if len(cands) == 1:
+                    tune.best = rule
+            self._tuning[exact] = tune
         if tune.best is not None:
             return tune.best[0], tune.best[1], None
         k = tune.pick()
+        steps = sum(v for name, v in b.dims.items() if name.startswith("T:")) or 1
         return tune.cands[k][0], tune.cands[k][1], lambda dt: tune.record(k, dt / steps)
 
     def _alternatives(self, fn: str, b: Bound, split: bool) -> list[
