@@ -22,8 +22,9 @@ first, unmeasured one (JIT and one-time buffers such as OpenBLAS's work area and
   call through ``/proc/self/clear_refs`` and read as ``VmHWM`` from ``/proc/self/status``, minus
   the resident size before it, plus the work arrays the previous step left for this one
   (``Model.workspace_bytes()``: resident already, but every step's). It includes what every
-  training step must also hold besides the BPTT storage: the outputs and cotangent-sized temporaries, the input projection (T x B x
-  gates*H), the gradients (of x: T x B x F, and of the weights).
+  training step must also hold besides the BPTT storage: the outputs and cotangent-sized
+  temporaries, the input projection (T x B x gates*H), the gradients (of x: T x B x F, and of
+  the weights).
 
 Target (issue 5): residuals within 1.5x of the minimum.
 """
