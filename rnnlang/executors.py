@@ -6,6 +6,7 @@ runs the forward program with residual outputs and then the backward program.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -19,9 +20,12 @@ from rnnlang.codegen.workspace import Workspace
 from rnnlang.interp import run_program
 from rnnlang.ir.rows import ROW, SUM, RowPlan, row_flops, row_plan, step_gemm_flops
 from rnnlang.parallel import (
+    CHECK_FIRST,
+    CHECK_MAX,
     MIN_FLOPS,
     MIN_ROWS,
     TUNE_CALLS,
+    TUNE_WINDOW,
     WIDE_GEMM_FLOPS,
     Pool,
     default_threads,
@@ -170,14 +174,15 @@ class CpuExecutor:
     def _choose(self, fn: str, b: Bound, split: bool) -> tuple[
             list[tuple[int, int]], bool, Callable[[float], None] | None]:
         """The plan of this call: batch slices and whether it runs whole with BLAS threads, and,
-        while ``parallel="auto"`` is still measuring, what to call with its duration.
+        when ``parallel="auto"`` times this call, what to call with its duration.
 
         Which is faster, two batch slices on two threads or one whole-batch call with BLAS on
         both, was not stable across hours on the reference VM (T=1000, B=8 GRU forward: slices
         18 against 24 ms one night, whole 21 against 34 ms the next morning, each interleaved
         in one process), so "auto" measures instead of trusting a size rule alone: for each
         sizes, the first call runs the size rule's plan untimed (it may include the JIT),
-        then `_Tune` alternates the candidates, and the fastest is kept.
+        then `_Tune` alternates the candidates, keeps the fastest, and measures again now and
+        then (`rnnlang.parallel.CHECK_FIRST`).
 
         Sequence lengths count by the next power of two, and times per step: a caller whose
         lengths vary (a length-bucketed data set, streaming chunks) measures once per octave
@@ -192,18 +197,17 @@ class CpuExecutor:
                 (k, 1 << (v - 1).bit_length() if k.startswith("T:") else v)
                 for k, v in b.dims.items())),)
             tune = self._octaves.get(octave)
-            if tune is None:  # settled at once when there is no choice
+            if tune is None:
                 rule = self._parts(fn, b, split)
                 cands = [rule]
                 if self.m.options.parallel == "auto":
                     cands += [c for c in self._alternatives(fn, b, split) if c != rule]
                 tune = self._octaves[octave] = _Tune(cands)
-                if len(cands) == 1:
-                    tune.best = rule
             self._tuning[exact] = tune
-        if tune.best is not None:
-            return tune.best[0], tune.best[1], None
         k = tune.pick()
+        if k is None:
+            plan = tune.best or tune.cands[0]
+            return plan[0], plan[1], None
         steps = sum(v for name, v in b.dims.items() if name.startswith("T:")) or 1
         return tune.cands[k][0], tune.cands[k][1], lambda dt: tune.record(k, dt / steps)
 
@@ -311,32 +315,64 @@ class CpuExecutor:
 
 
 class _Tune:
-    """Alternates a call's candidate plans and times them: the first call untimed (the rule's
-    plan; it may include the JIT), then `TUNE_CALLS` timed calls of each candidate in turn,
-    then the one with the smallest mean time is `best` for good."""
+    """Times a call's candidate plans and keeps the fastest, and times them again now and then.
+
+    The first call runs the rule's plan untimed (it may include the JIT); then `TUNE_CALLS`
+    rounds time each candidate in turn, and the fastest (`_score`) is `best`. Later rounds
+    time each candidate once more: `CHECK_FIRST` calls after the first choice, then after
+    twice as many calls each time, up to every `CHECK_MAX` calls, and each round decides again
+    from the last `TUNE_WINDOW` samples of each plan (why: `rnnlang.parallel`). A single
+    candidate is never timed."""
 
     def __init__(self, cands: list[tuple[list[tuple[int, int]], bool]]) -> None:
         self.cands = cands
         self.times: list[list[float]] = [[] for _ in cands]
         self.calls = 0
         self.best: tuple[list[tuple[int, int]], bool] | None = None
+        # the candidates the next timed calls run, from call `due` on
+        self.queue = [k for _ in range(TUNE_CALLS) for k in range(len(cands))]
+        self.due: float = 2
+        self.gap = CHECK_FIRST
+        if len(cands) == 1:
+            self.best, self.due = cands[0], math.inf
 
-    def pick(self) -> int:
+    def pick(self) -> int | None:
+        """The candidate this call runs and times; None: `best` (before the first choice, the
+        rule's plan), untimed."""
         self.calls += 1
-        return 0 if self.calls == 1 else (self.calls - 2) % len(self.cands)
+        if self.calls < self.due:
+            return None
+        if not self.queue:  # a new round (or the last one's final call raised: time it again)
+            self.queue = list(range(len(self.cands)))
+        return self.queue.pop(0)
 
     def record(self, k: int, seconds: float) -> None:
-        if self.calls == 1:
-            return  # the untimed first call
-        self.times[k].append(seconds)
-        if all(len(t) >= TUNE_CALLS for t in self.times):
-            # the mean, not the best sample: a plan with BLAS threads or batch slices stalls
-            # now and then when the other core is busy (medium mgu forward on batch slices:
-            # best 4.8 ms, median 7.7; one thread 6.4 and 6.7), and a lucky sample must not
-            # keep it (measured 2026-11-27 from pairs of samples like the ones kept here: the
-            # best-sample rule kept plans 4% slower on average, the mean none)
-            fastest = min(range(len(self.cands)), key=lambda j: sum(self.times[j]))
-            self.best = self.cands[fastest]
+        times = self.times[k]
+        times.append(seconds)
+        del times[:-TUNE_WINDOW]
+        if self.queue:
+            return
+        fastest = min(range(len(self.cands)), key=lambda j: _score(self.times[j]))
+        self.best = self.cands[fastest]
+        self.due, self.gap = self.calls + self.gap, min(2 * self.gap, CHECK_MAX)
+
+
+def _score(times: list[float]) -> float:
+    """A plan's time from its recent samples: their mean, without the largest of three or more.
+
+    The mean, not the best sample: a plan with BLAS threads or batch slices stalls now and then
+    when the other core is busy (medium mgu forward on batch slices: best 4.8 ms, median 7.7;
+    one thread 6.4 and 6.7), and a lucky sample must not keep it (measured 2026-11-27 from
+    pairs of samples like the ones kept here: the best-sample rule kept plans 4% slower on
+    average, the mean none). Without the largest: one sample can be far off, whatever the
+    plan (the benchmark's first medium elman training call after other libraries ran: 103 ms
+    on whole-batch BLAS, which then ran 5.4-6.7 ms a call), and it would stay in the mean for
+    `TUNE_WINDOW` rounds."""
+    if not times:
+        return math.inf
+    if len(times) >= 3:
+        return (sum(times) - max(times)) / (len(times) - 1)
+    return sum(times) / len(times)
 
 
 def _splittable(plans: dict[str, RowPlan | None], g: Any, n: int) -> tuple[bool, bool]:

@@ -34,10 +34,21 @@ MIN_FLOPS = 2e7  # a call cheaper than this (~1 ms) loses more to threads than i
 WIDE_GEMM_FLOPS = 1e6
 # compile(parallel=...): measured ("auto": the size rule above for the first call of each
 # sizes, then each candidate (whole batch with BLAS threads, whole batch on one thread, batch
-# slices) timed TUNE_CALLS times, alternating, and the smallest mean kept), always batch slices,
-# always whole-batch BLAS
+# slices) timed TUNE_CALLS times, alternating, and the smallest mean kept; then measured again
+# now and then, see CHECK_FIRST), always batch slices, always whole-batch BLAS
 MODES = ("auto", "slices", "blas")
 TUNE_CALLS = 2
+# After its first choice, "auto" times every candidate once more CHECK_FIRST calls later, then
+# after twice as many calls each time, up to every CHECK_MAX calls, and keeps the plan whose
+# last TUNE_WINDOW samples score best (executors._score). Why: the first samples are the least
+# reliable (2026-11-27, 2-core EPYC, the benchmark's medium cases: right after other
+# libraries' calls the whole-batch BLAS plan measured 9-18 ms where it then ran 5.5-7.5, and
+# the one-thread plan was kept, 1.1-1.4x slower), and this VM's speed shifts within a process
+# (one run: 9.4 ms a call for 20 calls, then 6.0). Cost: one call of each other plan per
+# round, under 0.3% of calls once the rounds are CHECK_MAX apart.
+CHECK_FIRST = 8
+CHECK_MAX = 1024
+TUNE_WINDOW = 4
 
 
 def default_threads() -> int:

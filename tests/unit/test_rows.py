@@ -264,12 +264,90 @@ def test_auto_keeps_the_plan_with_the_smallest_mean_not_the_luckiest_sample() ->
 
     steady, lucky = ([(0, 4)], False), ([(0, 2), (2, 4)], False)
     tune = _Tune([lucky, steady])
-    tune.record(tune.pick(), 99.0)  # the untimed first call
+    assert tune.pick() is None  # the first call runs untimed
     samples = {0: [1.0] + [30.0] * (TUNE_CALLS - 1), 1: [10.0] * TUNE_CALLS}
     while tune.best is None:
         k = tune.pick()
+        assert k is not None
         tune.record(k, samples[k].pop())
     assert tune.best == steady
+
+
+def test_one_far_off_sample_does_not_keep_a_slower_plan() -> None:
+    """The first call after other libraries ran can take 20x longer on any plan: the first
+    choice may take the slower plan, and the next round puts it right, since a plan's largest
+    of three or more samples does not count (with it, the slower plan would stay for three
+    more rounds)."""
+    from rnnlang.executors import _Tune
+
+    fast, slow = ([(0, 4)], True), ([(0, 4)], False)
+    tune = _Tune([fast, slow])
+    samples = {0: [5.0, 5.0, 5.0, 100.0], 1: [7.0, 7.0, 7.0, 7.0]}  # popped from the end
+    while tune.best is None:
+        k = tune.pick()
+        if k is not None:
+            tune.record(k, samples[k].pop())
+    assert tune.best == slow
+    while len(tune.times[1]) < 3:
+        k = tune.pick()
+        if k is not None:
+            tune.record(k, samples[k].pop())
+    assert tune.best == fast
+
+
+def test_auto_times_the_plans_again_at_growing_intervals() -> None:
+    """After the first choice, every candidate is timed once more CHECK_FIRST calls later, then
+    after twice as many calls each time, up to every CHECK_MAX calls: over 5000 calls of
+    three plans, 30 timed calls (20 on slower plans) after the first seven."""
+    from rnnlang.executors import _Tune
+    from rnnlang.parallel import CHECK_FIRST, CHECK_MAX, TUNE_CALLS
+
+    cands = [([(0, 4)], False), ([(0, 4)], True), ([(0, 2), (2, 4)], False)]
+    tune = _Tune(cands)
+    timed = []
+    for call in range(1, 5001):
+        k = tune.pick()
+        if k is not None:
+            timed.append(call)
+            tune.record(k, [3.0, 1.0, 2.0][k])
+    first = 1 + TUNE_CALLS * len(cands)
+    assert timed[:first - 1] == list(range(2, first + 1))
+    starts, end, gap = [], first, CHECK_FIRST
+    while end + gap <= 5000:
+        starts.append(end + gap)
+        end, gap = end + gap + len(cands) - 1, min(2 * gap, CHECK_MAX)
+    assert timed[first - 1:] == [s + j for s in starts for j in range(len(cands))]
+    assert len(starts) == 10 and tune.best == cands[1]
+    # the last TUNE_WINDOW samples decide: a change after 5000 calls is followed within a few
+    # rounds (with every sample kept, the ten rounds before it would outweigh it until ~15000)
+    for _call in range(5001, 9001):
+        k = tune.pick()
+        if k is not None:
+            tune.record(k, [3.0, 2.0, 1.0][k])
+    assert tune.best == cands[2]
+
+
+def test_auto_follows_a_change_of_the_fastest_plan(
+        cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine changes under a running model (another process starts, the VM's speed
+    shifts): the one-thread plan was fastest when measured, whole-batch BLAS is from the 11th
+    call on. The later rounds see it, and the model moves to it. Time is faked as above."""
+    def cost(plan: tuple[bool, bool], dims: dict[str, int]) -> float:
+        # ``plans`` (bound below) holds one entry per call so far
+        return 1.0 if plan == (ONE if len(plans) <= 10 else BLAS) else 10.0
+
+    m, plans = _faked_auto(cache_dir, monkeypatch, cost)
+    ref = rnnlang.compile(SPEC, dtype="float64", cache_dir=cache_dir, threads=1)
+    x = np.random.default_rng(2).normal(size=(5, 13, 3))
+    want = ref.forward({"x": x})
+    for call in range(80):
+        got = m.forward({"x": x})
+        if call % 10 == 0:
+            for k, v in want.items():
+                np.testing.assert_allclose(got[k], v, rtol=1e-10, atol=1e-12)
+    assert plans[7:14] == [ONE] * 7  # kept after the first rounds
+    assert plans[14:17] == [SLICES, BLAS, ONE]  # timed again at call 15
+    assert plans[70:] == [BLAS] * 10
 
 
 def test_auto_measures_once_per_octave_of_lengths_and_per_step(
