@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keyword
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rnnlang.codegen.outline import Outlined, outline_loop
@@ -89,6 +90,8 @@ class _Fn:
     taken: set[str] = field(default_factory=lambda: set(RESERVED))
     syms: dict[str, str] = field(default_factory=dict)
     views: dict[str, _View] = field(default_factory=dict)
+    # arrays never written: a load at an index is their value's expression there (scan.py)
+    inlined: dict[str, Callable[[list[str]], str]] = field(default_factory=dict)
     locals: dict[str, str] = field(default_factory=dict)  # scalar temporaries in a fused loop
     dtype: str = "float64"
     consts: dict[float, str] = field(default_factory=dict)  # module-level typed constants
@@ -188,7 +191,10 @@ def _ref(f: _Fn, x: Operand, out_shape: tuple[Dim, ...], idx: list[str]) -> str:
         return f.locals[x.name]
     if x.name in f.views:
         view = f.views[x.name]
-        return f"{view.base}[{', '.join(idx[:-1] + [f'{view.offset} + {idx[-1]}'])}]"
+        at = idx[:-1] + [f"{view.offset} + {idx[-1]}"]
+        if view.base in f.inlined:
+            return f.inlined[view.base](at)
+        return f"{view.base}[{', '.join(at)}]"
     shape = x.shape
     pad = len(out_shape) - len(shape)
     parts = []
