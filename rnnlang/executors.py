@@ -344,7 +344,10 @@ class _Tune:
             return None
         if not self.queue:  # a new round (or the last one's final call raised: time it again)
             self.queue = list(range(len(self.cands)))
-        return self.queue.pop(0)
+        try:
+            return self.queue.pop(0)
+        except IndexError:  # a call on another thread took the last one since the test above
+            return None
 
     def record(self, k: int, seconds: float) -> None:
         times = self.times[k]

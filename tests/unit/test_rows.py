@@ -327,6 +327,22 @@ def test_auto_times_the_plans_again_at_growing_intervals() -> None:
     assert tune.best == cands[2]
 
 
+def test_auto_picks_safely_when_another_thread_took_the_last_timed_call() -> None:
+    """Calls from several threads share a size's `_Tune`: a thread that saw one queued plan
+    left may find the queue empty when it takes it (another thread took it in between).
+    It then runs the settled plan untimed instead of raising."""
+    from rnnlang.executors import _Tune
+
+    class Raced(list):  # non-empty when tested, empty when taken
+        def __bool__(self) -> bool:
+            return True
+
+    tune = _Tune([([(0, 4)], True), ([(0, 4)], False)])
+    tune.queue = Raced()
+    tune.due = 0
+    assert tune.pick() is None
+
+
 def test_auto_follows_a_change_of_the_fastest_plan(
         cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The machine changes under a running model (another process starts, the VM's speed
