@@ -781,29 +781,45 @@ def time_gemm(m: int, k: int, n: int, rng: np.random.Generator, min_time: float 
 
 
 class GemmTable:
-    """Measured GEMM times by shape, measured once per run."""
+    """Measured GEMM times by shape: each shape is measured again in every cell that uses it
+    (`new_epoch`) and keeps its fastest measurement. The floor is a best case, and a single
+    measurement taken in a slow moment of this shared VM put a floor above rnnlang's own time
+    (2026-11-27, EPYC: large elman forward at 0.94x "of the floor", large gru and cifg at
+    0.67-0.89x in another run)."""
 
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)
         self.shapes: dict[tuple[int, int, int], dict[str, float]] = {}
+        self.epoch = 0
+        self._measured: dict[tuple[int, int, int], int] = {}  # shape -> epoch last measured
 
-    def t(self, m: int, k: int, n: int) -> float:
+    def new_epoch(self) -> None:
+        self.epoch += 1
+
+    def t(self, m: int, k: int, n: int, measure: bool = True) -> float:
+        """Seconds per (m, k) @ (k, n): the fastest so far, measured again first unless this
+        epoch measured it already (or ``measure`` is False and there is a measurement)."""
         key = (m, k, n)
-        if key not in self.shapes:
-            self.shapes[key] = time_gemm(m, k, n, self.rng)
+        if key not in self.shapes or (measure and self._measured[key] != self.epoch):
+            got = time_gemm(m, k, n, self.rng)
+            if key not in self.shapes or got["s"] < self.shapes[key]["s"]:
+                self.shapes[key] = got
+            self._measured[key] = self.epoch
         return self.shapes[key]["s"]
 
 
-def floor_times(gemm: GemmTable, T: int, B: int, H: int, F: int, gates: int) -> dict[str, Any]:
+def floor_times(gemm: GemmTable, T: int, B: int, H: int, F: int, gates: int,
+                measure: bool = True) -> dict[str, Any]:
     """Matmul-only time: forward = T per-step (B,H)@(H,gH) + one hoisted (TB,F)@(F,gH);
     forward+backward adds T per-step (B,gH)@(gH,H) for dh and, hoisted over all steps,
-    dW = x^T dz and dU = h^T dz ((F,TB)@(TB,gH)) and dx = dz W^T ((TB,gH)@(gH,F))."""
+    dW = x^T dz and dU = h^T dz ((F,TB)@(TB,gH)) and dx = dz W^T ((TB,gH)@(gH,F)).
+    ``measure=False``: from the table's measurements only."""
     G = gates * H
-    step_f = gemm.t(B, H, G)
-    step_b = gemm.t(B, G, H)
-    big_f = gemm.t(T * B, F, G)
-    big_w = gemm.t(F, T * B, G)
-    big_x = gemm.t(T * B, G, F)
+    step_f = gemm.t(B, H, G, measure)
+    step_b = gemm.t(B, G, H, measure)
+    big_f = gemm.t(T * B, F, G, measure)
+    big_w = gemm.t(F, T * B, G, measure)
+    big_x = gemm.t(T * B, G, F, measure)
     fwd = T * step_f + big_f
     fwdbwd = T * (step_f + step_b) + big_f + 2 * big_w + big_x
     flops_fwd = 2.0 * T * B * H * G + 2.0 * T * B * F * G
@@ -1104,6 +1120,7 @@ def run_cell(st: RunState, case: str, T: int, B: int, H: int, cell: str) -> None
         comp[f"first_{mode}_s"] = time.perf_counter() - t0
     st.compiles.append(comp)
     backends = make_backends(st, pb, rn)
+    st.gemm.new_epoch()
     fl = floor_times(st.gemm, T, B, H, H, GATES[cell])
     st.floors.append({"case": case, "T": T, "B": B, "H": H, "cell": cell, **fl})
     for mode in a.modes:
@@ -1112,6 +1129,18 @@ def run_cell(st: RunState, case: str, T: int, B: int, H: int, cell: str) -> None
         if not a.no_check:
             check_backends(st, pb, mode, here)
         time_mode(st, pb, mode, here, fl)
+
+
+def final_floors(st: RunState) -> None:
+    """Every floor of the report from each shape's fastest measurement of the whole run (the
+    lines printed while running show the measurements so far)."""
+    by_cell = {}
+    for f in st.floors:
+        f.update(floor_times(st.gemm, f["T"], f["B"], f["H"], f["H"], GATES[f["cell"]],
+                             measure=False))
+        by_cell[(f["case"], f["cell"])] = f
+    for r in st.results:
+        r["floor_ms"] = by_cell[(r["case"], r["cell"])][f"{r['mode']}_s"] * 1e3
 
 
 def run(args: argparse.Namespace, out: TextIO) -> tuple[dict[str, Any], int]:
@@ -1152,6 +1181,7 @@ def run(args: argparse.Namespace, out: TextIO) -> tuple[dict[str, Any], int]:
         if tmp is not None:
             tmp.cleanup()
 
+    final_floors(st)
     info["loadavg_end"] = _loadavg()
     info["warnings"] = load_warnings(info["loadavg_start"], info["loadavg_end"], info["cores"])
     report = {"machine": info, "config": dict(vars(args)),

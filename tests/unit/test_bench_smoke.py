@@ -367,3 +367,48 @@ def test_a_failing_torch_compile_is_a_skip_not_a_crash(bench: ModuleType) -> Non
     assert bench.compile_or_skip(st, Failing(), pb, "fwd") is False
     assert len(st.skips) == 1 and "RecursionError" in st.skips[0]["reason"]
     assert "failed" in st.out.getvalue()
+
+
+def test_floors_use_each_shapes_fastest_measurement_of_the_run(
+        bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GEMM shape is measured again in every cell that uses it and keeps its fastest time,
+    and the report's floors are recomputed from those at the end: one measurement in a slow
+    moment put a floor above rnnlang's own time."""
+    import argparse
+
+    seconds = {"now": 2.0}
+    measured: list[tuple[int, int, int]] = []
+
+    def fake(m: int, k: int, n: int, rng: object) -> dict[str, float]:
+        measured.append((m, k, n))
+        s = seconds["now"] * m * k * n
+        return {"s": s, "python_s": s, "njit_s": s, "gflops": 1.0}
+
+    monkeypatch.setattr(bench, "time_gemm", fake)
+    table = bench.GemmTable(0)
+    table.new_epoch()
+    assert table.t(1, 2, 3) == 12.0 and table.t(1, 2, 3) == 12.0  # once per epoch
+    assert len(measured) == 1
+    seconds["now"] = 1.0
+    assert table.t(1, 2, 3, measure=False) == 12.0 and len(measured) == 1
+    table.new_epoch()
+    assert table.t(1, 2, 3) == 6.0
+    seconds["now"] = 3.0
+    table.new_epoch()
+    assert table.t(1, 2, 3) == 6.0 and len(measured) == 3  # slower: the fastest stays
+
+    st = bench.RunState(argparse.Namespace(), "", io.StringIO(), [], np.random.default_rng(0),
+                        bench.GemmTable(0), bench.CompileGate(5.0))
+    seconds["now"] = 2.0
+    for cell in ("gru", "cifg"):  # three gates each: the same shapes
+        st.gemm.new_epoch()
+        fl = bench.floor_times(st.gemm, 4, 2, 3, 3, bench.GATES[cell])
+        st.floors.append({"case": "c", "T": 4, "B": 2, "H": 3, "cell": cell, **fl})
+        st.results.append({"case": "c", "cell": cell, "mode": "fwd",
+                           "floor_ms": fl["fwd_s"] * 1e3})
+        seconds["now"] = 1.0  # the second cell's measurements are twice as fast
+    first = st.results[0]["floor_ms"]
+    bench.final_floors(st)
+    assert st.results[0]["floor_ms"] == pytest.approx(first / 2)
+    assert st.results[1]["floor_ms"] == pytest.approx(first / 2)
+    assert st.floors[0]["fwd_s"] == pytest.approx(first / 2e3)
