@@ -183,8 +183,11 @@ def _through_slices(eqns: tuple[Eqn, ...], groups: list[list[Eqn]], excluded: se
                     continue
                 part = user.outputs[0].name
                 readers = reads.get(part, [])
+                # read once, by a pointwise equation of the slice's own shape (the read's
+                # index is then the slice's: no broadcasting between them)
                 ok = ok and user.op == "slice" and part not in excluded and len(
-                    readers) == 1 and OPS[readers[0].op].pointwise
+                    readers) == 1 and OPS[readers[0].op].pointwise and (
+                    readers[0].outputs[0].shape == user.outputs[0].shape)
                 sliced = True
         if ok and sliced:
             out.append(g)
