@@ -160,9 +160,10 @@ def _through_slices(eqns: tuple[Eqn, ...], groups: list[list[Eqn]], excluded: se
     slice read once, by a pointwise equation: their loop and buffer go, and each read of a
     slice computes the group's expression at that index instead. The LSTM's ``x_W + h U + b``,
     split four ways, wrote a (B, 4H) buffer and read it back every step (measured 2026-11-27,
-    2-core EPYC, hand-edited generated code: forward 1.015x at (100, 32, 128) and (100, 64,
-    512), 1.036x at (1000, 8, 128), 1.048x at (50, 1, 64)). ``excluded``: values stored
-    elsewhere (step outputs, direct stores, concat parts)."""
+    2-core EPYC, one process alternating code with and without: forward lstm 1.044x at (100,
+    32, 128), 1.076x at (100, 64, 512), 1.010x at (1000, 8, 128), 0.981x at (50, 1, 64); gru
+    and cifg at (100, 32, 128) 1.12x and 1.16x; training steps within noise). ``excluded``:
+    values stored elsewhere (step outputs, direct stores, concat parts)."""
     reads: dict[str, list[Eqn]] = {}
     for x in eqns:
         for v in x.inputs:
