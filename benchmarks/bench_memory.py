@@ -169,11 +169,23 @@ def main(argv: list[str]) -> int:
         cell, T, B, H, cache = argv[1], int(argv[2]), int(argv[3]), int(argv[4]), argv[5]
         print(json.dumps(child(cell, T, B, H, cache, argv[6])))
         return 0
+    import argparse
     import tempfile
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_cpu import CASES, CELLS
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help=f"comma list of {', '.join(CASES)} (default all)")
+    ap.add_argument("--cells", default=",".join(CELLS),
+                    help=f"comma list of {', '.join(CELLS)} (default all)")
+    args = ap.parse_args(argv)
+    cases, cells = args.cases.split(","), args.cells.split(",")
+    for name, known in (("case", CASES), ("cell", CELLS)):
+        bad = [x for x in (cases if name == "case" else cells) if x not in known]
+        if bad:
+            ap.error(f"unknown {name} '{bad[0]}' (known: {', '.join(known)})")
     with tempfile.TemporaryDirectory(prefix="rnnmem-") as d:
-        measure(list(CASES.items()), list(CELLS), d, out=sys.stdout)
+        measure([(c, CASES[c]) for c in cases], cells, d, out=sys.stdout)
     return 0
 
 

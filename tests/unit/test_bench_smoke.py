@@ -412,3 +412,19 @@ def test_floors_use_each_shapes_fastest_measurement_of_the_run(
     assert st.results[0]["floor_ms"] == pytest.approx(first / 2)
     assert st.results[1]["floor_ms"] == pytest.approx(first / 2)
     assert st.floors[0]["fwd_s"] == pytest.approx(first / 2e3)
+
+
+def test_bench_memory_has_a_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--help`` prints usage (it used to start the whole measurement), an unknown case is a
+    usage error (exit 2)."""
+    spec = importlib.util.spec_from_file_location("bench_memory", BENCH.with_name(
+        "bench_memory.py"))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as done:
+        mod.main(["--help"])
+    assert done.value.code == 0 and "--cases" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        mod.main(["--cases", "small,huge"])
+    assert done.value.code == 2 and "unknown case 'huge'" in capsys.readouterr().err
