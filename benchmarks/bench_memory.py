@@ -172,20 +172,16 @@ def main(argv: list[str]) -> int:
     import argparse
     import tempfile
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_cpu import CASES, CELLS
+    from bench_cpu import CASES, CELLS, _csv, parse_case
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--cases", default=",".join(CASES),
-                    help=f"comma list of {', '.join(CASES)} (default all)")
-    ap.add_argument("--cells", default=",".join(CELLS),
+                    type=lambda s: [parse_case(t.strip()) for t in s.split(",") if t.strip()],
+                    help=f"comma list of {', '.join(CASES)} or TxBxH (default all)")
+    ap.add_argument("--cells", type=_csv(CELLS), default=list(CELLS),
                     help=f"comma list of {', '.join(CELLS)} (default all)")
     args = ap.parse_args(argv)
-    cases, cells = args.cases.split(","), args.cells.split(",")
-    for name, known in (("case", CASES), ("cell", CELLS)):
-        bad = [x for x in (cases if name == "case" else cells) if x not in known]
-        if bad:
-            ap.error(f"unknown {name} '{bad[0]}' (known: {', '.join(known)})")
     with tempfile.TemporaryDirectory(prefix="rnnmem-") as d:
-        measure([(c, CASES[c]) for c in cases], cells, d, out=sys.stdout)
+        measure(args.cases, args.cells, d, out=sys.stdout)
     return 0
 
 
