@@ -42,8 +42,8 @@ TUNE_CALLS = 2
 # after twice as many calls each time, up to every CHECK_MAX calls, and keeps the plan whose
 # last TUNE_WINDOW samples score best (executors._score). Why: the first samples are the least
 # reliable (2026-11-27, 2-core EPYC, the benchmark's medium cases: right after other
-# libraries' calls the whole-batch BLAS plan measured 9-18 ms where it then ran 5.5-7.5, and
-# the one-thread plan was kept, 1.1-1.4x slower), and this VM's speed shifts within a process
+# libraries' calls the whole-batch BLAS plan measured 9-103 ms where it then ran 5.4-7.5,
+# and the one-thread plan was kept, 1.1-1.4x slower), and this VM's speed shifts within a process
 # (one run: 9.4 ms a call for 20 calls, then 6.0). Cost: one call of each other plan per
 # round, under 0.3% of calls once the rounds are CHECK_MAX apart.
 CHECK_FIRST = 8
