@@ -80,6 +80,7 @@ class CpuExecutor:
         from rnnlang.codegen.blas import select
         from rnnlang.codegen.load import load_module
         from rnnlang.codegen.module import emit_cpu_module
+        from rnnlang.codegen.packed import set_packing
 
         self.m = model
         g = model.grad_programs()
@@ -91,6 +92,7 @@ class CpuExecutor:
         self.module = load_module(self.source, model.options.cache_dir)
         self._limit = _blas_limiter(model.options.blas_threads)
         self._select_blas = select
+        self._set_packing = set_packing
         self.pool = Pool(model.options.threads or default_threads())
         self._tuning: dict[tuple[Any, ...], _Tune] = {}  # by exact sizes
         self._octaves: dict[tuple[Any, ...], _Tune] = {}  # the same, by octave of lengths
@@ -160,6 +162,7 @@ class CpuExecutor:
         """The BLAS settings for one call: its library (`rnnlang.codegen.blas.select`: NumPy's
         OpenBLAS only for calls on one thread) and its thread count."""
         self._select_blas(wide or sliced)
+        self._set_packing(not wide)
         if self._limit is None:
             return nullcontext()
         return self._limit(self.pool.threads if wide else None)
@@ -290,7 +293,7 @@ class CpuExecutor:
         with self._limited(wide, len(parts) > 1):
             fwd = self.pool.map(ahead, len(parts))
         plan = self.plans["forward_train"]
-        outs = fwd[0][:n] if len(parts) == 1 else join(fwd, plan)[:n]  # type: ignore[arg-type]
+        outs = fwd[0][:n] if len(parts) == 1 else join(fwd, plan, n)  # type: ignore[arg-type]
         self._local.training = True  # the only user code between forward_train and backward
         try:
             cots = {c.name: s for c, s in zip(g.cotangents, seeds(outs), strict=True)}

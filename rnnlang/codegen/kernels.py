@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit
 
 from rnnlang.codegen.blas import gemm, matmul  # noqa: F401  (generated loops call gemm)
+from rnnlang.codegen.packed import pack, pgemm  # noqa: F401  (and the packed-weight kernel)
 
 # Flags for every jitted function: IEEE semantics for NaN and Inf are kept (no nnan/ninf), but
 # contraction, reciprocal and reassociation let LLVM vectorize the fused loops.
@@ -110,20 +111,20 @@ def _sign(x):  # type: ignore[no-untyped-def]
 # 2026-11-27). ``out`` must be C-contiguous.
 # The sequence products call gemm themselves (not matmul): one jitted layer less per layout
 # is ~0.2 s less cold compile each.
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def mm3(a, w, out):  # type: ignore[no-untyped-def]
     """(T, B, n) @ (n, m) as one GEMM over all steps."""
     t, b, n = a.shape
     gemm(np.ascontiguousarray(a).reshape(t * b, n), w, out.reshape(t * b, w.shape[1]))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def mm3_nt(g, w, out):  # type: ignore[no-untyped-def]
     t, b, m = g.shape
     gemm(np.ascontiguousarray(g).reshape(t * b, m), w.T, out.reshape(t * b, w.shape[0]))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def mm3_tn(a, g, out):  # type: ignore[no-untyped-def]
     """Weight gradient of a hoisted product: one GEMM over all steps."""
     t, b, n = a.shape
@@ -143,30 +144,32 @@ TRANSPOSE_COPY_MAX = 1 << 18
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def transposed(w):  # type: ignore[no-untyped-def]
-    if w.size <= TRANSPOSE_COPY_MAX:
+def transposed(w, p):  # type: ignore[no-untyped-def]
+    """W^T for the products that go to BLAS; the view when ``p = pack(w.T, rows)`` has the
+    panels the products use instead."""
+    if p.shape[0] == 0 and w.size <= TRANSPOSE_COPY_MAX:
         return np.ascontiguousarray(w.T)
     return w.T
 
 
 # 2-D products too go through rnnlang's GEMM (`rnnlang.codegen.blas`), never NumPy's in the
 # Python-level code, so that every GEMM uses the BLAS whose threads rnnlang controls.
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def mm2(a, w):  # type: ignore[no-untyped-def]
     return matmul(a, w)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def mm2_nt(a, w):  # type: ignore[no-untyped-def]
     return matmul(a, w.T)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def mm2_tn(a, g):  # type: ignore[no-untyped-def]
     return matmul(a.T, g)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def lengths_of(mask):  # type: ignore[no-untyped-def]
     t, b = mask.shape[0], mask.shape[1]
     out = np.zeros(b, np.int64)
@@ -181,7 +184,7 @@ def lengths_of(mask):  # type: ignore[no-untyped-def]
 # assigning array slices (`out[j] = seq[i, j]`): Numba compiles the shape-mismatch error path
 # of every slice assignment by formatting strings, which cost about 2 s of cold compile per
 # kernel (measured with cProfile on a 2-layer LSTM's first vjp).
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rows(a):  # type: ignore[no-untyped-def]
     """A (lead0, lead1, rest) view of a C-contiguous copy-if-needed of ``a``."""
     n = 1
@@ -190,7 +193,7 @@ def _rows(a):  # type: ignore[no-untyped-def]
     return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], n)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def last(seq, mask):  # type: ignore[no-untyped-def]
     lens = lengths_of(mask)
     s = _rows(seq)
@@ -202,7 +205,7 @@ def last(seq, mask):  # type: ignore[no-untyped-def]
     return out.reshape(seq.shape[1:])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def last_vjp(g, mask, res):  # type: ignore[no-untyped-def]
     """Into ``res``, zeros of shape (T,) + g.shape."""
     lens = lengths_of(mask)
@@ -214,7 +217,7 @@ def last_vjp(g, mask, res):  # type: ignore[no-untyped-def]
             out[i, j, k] = g2[j, k]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def mean(seq, mask):  # type: ignore[no-untyped-def]
     lens = lengths_of(mask)
     s = _rows(seq)
@@ -229,7 +232,7 @@ def mean(seq, mask):  # type: ignore[no-untyped-def]
     return out.reshape(seq.shape[1:])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def mean_vjp(g, mask, res):  # type: ignore[no-untyped-def]
     """Into ``res``, zeros of shape (T,) + g.shape."""
     lens = lengths_of(mask)
@@ -242,7 +245,7 @@ def mean_vjp(g, mask, res):  # type: ignore[no-untyped-def]
                 out[i, j, k] = g2[j, k] / d
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def reverse(seq, mask, res):  # type: ignore[no-untyped-def]
     """Into ``res``, zeros of seq's shape (steps past a row's length stay 0)."""
     lens = lengths_of(mask)
@@ -255,7 +258,7 @@ def reverse(seq, mask, res):  # type: ignore[no-untyped-def]
                 out[i, j, k] = s[n - 1 - i, j, k]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def repeat(v, res):  # type: ignore[no-untyped-def]
     """``v`` at every step of ``res`` (shape (T,) + v.shape)."""
     flat = np.ascontiguousarray(v).ravel()
@@ -266,7 +269,7 @@ def repeat(v, res):  # type: ignore[no-untyped-def]
             out[i, k] = flat[k]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def sum_time(s):  # type: ignore[no-untyped-def]
     s2 = np.ascontiguousarray(s).reshape(s.shape[0], s.size // max(s.shape[0], 1))
     out = np.zeros(s2.shape[1], s.dtype)
@@ -276,7 +279,7 @@ def sum_time(s):  # type: ignore[no-untyped-def]
     return out.reshape(s.shape[1:])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _taps(n_out, stride, j, padding, n_in):  # type: ignore[no-untyped-def]
     """Output steps t whose input step t*stride + j - padding exists, in order."""
     ts = np.empty(n_out, np.int64)
@@ -289,7 +292,7 @@ def _taps(n_out, stride, j, padding, n_in):  # type: ignore[no-untyped-def]
     return ts[:n]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _gather(a, ts, stride, j, padding):  # type: ignore[no-untyped-def]
     """Rows a[t*stride + j - padding] (or a[t] when stride is 0) for t in ts, as (len*B, n)."""
     b, n = a.shape[1], a.shape[2]
@@ -304,7 +307,7 @@ def _gather(a, ts, stride, j, padding):  # type: ignore[no-untyped-def]
 
 # A convolution is one GEMM per kernel tap over every output step it reaches (not one small
 # GEMM per step and tap).
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def conv1d(x, w, b, stride, padding, out):  # type: ignore[no-untyped-def]
     """Into ``out`` (T_out, B, O); every element is written."""
     t_out, nb, no = out.shape
@@ -323,7 +326,7 @@ def conv1d(x, w, b, stride, padding, out):  # type: ignore[no-untyped-def]
                     out[ts[u], i, o] += p[u * nb + i, o]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def conv1d_dx(g, w, stride, padding, dx):  # type: ignore[no-untyped-def]
     """Accumulates into ``dx``, zeros of shape (T_in, B, C)."""
     t_in, nb, nc = dx.shape
@@ -339,7 +342,7 @@ def conv1d_dx(g, w, stride, padding, dx):  # type: ignore[no-untyped-def]
                     dx[s, i, c] += p[u * nb + i, c]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def conv1d_dw(x, g, kernel, stride, padding):  # type: ignore[no-untyped-def]
     dw = np.zeros((kernel, x.shape[2], g.shape[2]), x.dtype)
     for j in range(kernel):
@@ -353,7 +356,7 @@ def conv1d_dw(x, g, kernel, stride, padding):  # type: ignore[no-untyped-def]
     return dw
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def shift(seq, fb, by, res):  # type: ignore[no-untyped-def]
     """Into ``res`` (seq's shape): seq delayed by ``by`` steps, ``fb`` before the first."""
     s = _rows(seq)
@@ -365,7 +368,7 @@ def shift(seq, fb, by, res):  # type: ignore[no-untyped-def]
                 out[i, j, k] = s[i - by, j, k] if i >= by else f[j, k]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def shift0(seq, by, res):  # type: ignore[no-untyped-def]
     """Into ``res``, zeros of seq's shape: seq delayed by ``by`` steps."""
     s = _rows(seq)

@@ -31,7 +31,7 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "rnnlang"
 
 
-RUNTIME = ("kernels.py", "blas.py", "cuda_kernels.py")  # in rnnlang/codegen/
+RUNTIME = ("kernels.py", "blas.py", "packed.py", "cuda_kernels.py")  # in rnnlang/codegen/
 
 
 @functools.cache

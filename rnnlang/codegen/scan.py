@@ -109,16 +109,32 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
             if isinstance(a, Var) and a.name in slice_of and a.name not in scratch:
                 scratch[a.name] = f.fresh(f"{a.name}_c")
                 step_allocs.append(f"{scratch[a.name]} = np.empty({f.shape(a.shape)}, DTYPE)")
-    # a loop-invariant right operand of x @ W^T (BPTT's d @ U^T) is transposed once, before
-    # the loop, where a C-ordered copy pays (`kernels.transposed`)
+    # a loop-invariant right operand of the step's products (h[t-1] @ U, BPTT's d @ U^T) is
+    # packed once, before the loop, for the packed-weight kernel (`rnnlang.codegen.packed`);
+    # where the products go to BLAS instead, W^T is transposed once there, where a C-ordered
+    # copy pays (`kernels.transposed`)
     invariant = {v.name for v, b in zip(body.inputs, spec.in_bind, strict=True)
                  if isinstance(b, ConstRef)}
     transposed: dict[str, str] = {}
+    packed: dict[tuple[str, str], str] = {}
     for x in body.eqns:
-        w_op = x.inputs[1] if x.op == "matmul_nt" else None
-        if isinstance(w_op, Var) and w_op.name in invariant and w_op.name not in transposed:
+        w_op = x.inputs[1] if x.op in ("matmul", "matmul_nt") else None
+        if (not isinstance(w_op, Var) or w_op.name not in invariant
+                or len(x.outputs[0].shape) != 2):
+            continue
+        key = (x.op, w_op.name)
+        if key in packed:
+            continue
+        rows = f.dim(x.outputs[0].shape[0])
+        if x.op == "matmul":
+            packed[key] = f.fresh(f"{w_op.name}_p")
+            step_allocs.append(f"{packed[key]} = kernels.pack({f.id(w_op)}, {rows})")
+        else:
+            packed[key] = f.fresh(f"{w_op.name}_T_p")
             transposed[w_op.name] = f.fresh(f"{w_op.name}_T")
-            step_allocs.append(f"{transposed[w_op.name]} = kernels.transposed({f.id(w_op)})")
+            step_allocs.append(f"{packed[key]} = kernels.pack({f.id(w_op)}.T, {rows})")
+            step_allocs.append(f"{transposed[w_op.name]} = kernels.transposed({f.id(w_op)}, "
+                               f"{packed[key]})")
     steps = f"range({T} - 1, -1, -1)" if spec.reverse else f"range({T})"
     start = len(w.lines)
     for line in step_allocs:
@@ -145,7 +161,7 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
             elif OPS[g[0].op].pointwise:
                 emit_pointwise_group(f, g, keep)
             else:
-                _body_op(f, g[0], scratch, transposed)
+                _body_op(f, g[0], scratch, transposed, packed)
         _stores(f, spec, arrays, sums, spills, T, direct)
     for name in unwritten:
         f.inlined.pop(f.id(name), None)
@@ -275,7 +291,8 @@ def _concat_in_place(f: _Fn, eqns: tuple[Eqn, ...], excluded: set[str]) -> set[s
     return done
 
 
-def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str], transposed: dict[str, str]) -> None:
+def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str], transposed: dict[str, str],
+             packed: dict[tuple[str, str], str]) -> None:
     out = e.outputs[0]
     o = f.id(out)
     a = dict(e.attrs)
@@ -297,10 +314,14 @@ def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str], transposed: dict[str, str]
         else:
             ins.append(f.id(x) if isinstance(x, Var) else repr(x))
     match e.op:
+        case "matmul" if isinstance(e.inputs[1], Var) and ("matmul", e.inputs[1].name) in packed:
+            p = packed[("matmul", e.inputs[1].name)]
+            f.w.line(f"kernels.pgemm({ins[0]}, {p}, {ins[1]}, {o})")
         case "matmul":
             f.w.line(f"kernels.gemm({ins[0]}, {ins[1]}, {o})")
         case "matmul_nt" if isinstance(e.inputs[1], Var) and e.inputs[1].name in transposed:
-            f.w.line(f"kernels.gemm({ins[0]}, {transposed[e.inputs[1].name]}, {o})")
+            p = packed[("matmul_nt", e.inputs[1].name)]
+            f.w.line(f"kernels.pgemm({ins[0]}, {p}, {transposed[e.inputs[1].name]}, {o})")
         case "matmul_nt":
             f.w.line(f"kernels.gemm({ins[0]}, {ins[1]}.T, {o})")
         case "matmul_tn":

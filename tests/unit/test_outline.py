@@ -141,24 +141,30 @@ def test_outlining_takes_leading_allocations_along() -> None:
     assert not outline_loop(w, 1, "loop", out)  # only assignments may come before the loop
 
 
-def test_bptt_transposes_small_recurrent_weights_once_before_the_loop(cache_dir: Path) -> None:
-    """d @ U^T inside the reverse loop reads a C-ordered copy of U^T made before the loop
-    (NumPy's OpenBLAS repacked the transposed view at every step: 94 against 48 us); large
-    weights stay a view (`kernels.TRANSPOSE_COPY_MAX`)."""
+def test_bptt_packs_or_transposes_recurrent_weights_once_before_the_loop(
+        cache_dir: Path) -> None:
+    """d @ U^T inside the reverse loop reads U^T packed before the loop for the packed-weight
+    kernel (`rnnlang.codegen.packed`), and where the products go to BLAS instead, a C-ordered
+    copy of U^T made there (NumPy's OpenBLAS repacked the transposed view at every step: 94
+    against 48 us); large weights stay a view (`kernels.TRANSPOSE_COPY_MAX`), and so does
+    every weight whose products use the panels."""
     from rnnlang.codegen import kernels
 
     src = rnnlang.compile(STACK, cache_dir=cache_dir, dtype="float64")._executor().source
     loop = next(body for body in src.split("\ndef ")[1:] if "reverse time loop" in body)
     head, steps = loop.split("for t in", 1)
-    made = re.findall(r"^ +(\w+) = kernels\.transposed\((\w+)\)$", head, re.M)
+    made = re.findall(r"^ +(\w+) = kernels\.transposed\((\w+), (\w+)\)$", head, re.M)
     assert made
-    for copy, weight in made:
-        assert f", {copy}, " in steps and f"{weight}.T" not in steps
+    for copy, weight, panels in made:
+        assert f"{panels} = kernels.pack({weight}.T, n_B)" in head
+        assert f", {panels}, {copy}, " in steps and f"{weight}.T" not in steps
     small = np.arange(12.0).reshape(3, 4)
-    got = kernels.transposed(small)
-    assert got.flags.c_contiguous and np.array_equal(got, small.T)
+    none = kernels.pack(small.T, 1)  # too few rows: BLAS
+    got = kernels.transposed(small, none)
+    assert none.shape[0] == 0 and got.flags.c_contiguous and np.array_equal(got, small.T)
+    assert np.shares_memory(kernels.transposed(small, kernels.pack(small.T, 8)), small)
     big = np.zeros((2, kernels.TRANSPOSE_COPY_MAX))
-    assert np.shares_memory(kernels.transposed(big), big)
+    assert np.shares_memory(kernels.transposed(big, none), big)
 
 
 LSTM = """
