@@ -24,12 +24,14 @@ of the functions it calls).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import importlib.machinery
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from types import ModuleType
 
 import llvmlite.binding as llvm
@@ -60,9 +62,34 @@ def _cython_blas() -> ModuleType:
     loader = importlib.machinery.ExtensionFileLoader(name, found[0])
     mod_spec = importlib.util.spec_from_file_location(name, found[0], loader=loader)
     assert mod_spec is not None
-    mod = importlib.util.module_from_spec(mod_spec)
-    loader.exec_module(mod)
+    with _thread_timeout():  # module_from_spec loads the library
+        mod = importlib.util.module_from_spec(mod_spec)
+        loader.exec_module(mod)
     return mod
+
+
+# SciPy's OpenBLAS runs the GEMMs of whole-batch calls on several threads, and by default its
+# threads spin for 2^28 cycles (~80 ms) after each call, holding the cores the next calls'
+# batch slices need: at T=100, B=32, H=128 a gru forward in slices took 7.05 ms (median)
+# right after whole-batch calls and 3.60 alone, and "auto" times a whole-batch call now and
+# then (2-core EPYC, 2026-11-27). 2^22 cycles (~1.3 ms) keeps them awake between the
+# per-step products of one call (whole-batch forward 5.00 ms, as with the default; 2^20
+# cycles: 7.76) and asleep soon after it (slices 3.64 ms). NumPy's OpenBLAS, loaded before
+# rnnlang, keeps its own setting; a user's OPENBLAS_THREAD_TIMEOUT is left as it is.
+THREAD_TIMEOUT = "22"
+
+
+@contextlib.contextmanager
+def _thread_timeout() -> Iterator[None]:
+    """OPENBLAS_THREAD_TIMEOUT while a library that reads it at load time loads."""
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        yield
+        return
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = THREAD_TIMEOUT
+    try:
+        yield
+    finally:
+        os.environ.pop("OPENBLAS_THREAD_TIMEOUT", None)
 
 
 def _capsule_pointer(capsule: object) -> int:

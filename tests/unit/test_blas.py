@@ -4,6 +4,7 @@ symbol name, not by address)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -139,3 +140,31 @@ def test_select_switches_the_library_and_both_compute_the_product() -> None:
                 np.testing.assert_allclose(blas.matmul(a, b.T), a @ b.T, rtol=1e-5, atol=1e-5)
     finally:
         blas.select(False)
+
+
+def test_scipys_openblas_loads_with_a_short_thread_timeout() -> None:
+    """SciPy's OpenBLAS (whole-batch calls' BLAS threads) reads OPENBLAS_THREAD_TIMEOUT when
+    it loads: rnnlang sets it for that moment only, so its threads sleep ~1 ms after a call
+    instead of spinning ~80 ms on the cores the next call's batch slices need. NumPy's
+    library, loaded earlier, and the environment afterwards are left as they were; a value
+    the user set is kept."""
+    probe = textwrap.dedent("""
+        import importlib.util, os, sys
+        seen = []
+        orig = importlib.util.module_from_spec
+        def spy(spec):
+            if spec.name == "scipy.linalg.cython_blas":
+                seen.append(os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
+            return orig(spec)
+        importlib.util.module_from_spec = spy
+        import rnnlang.codegen.blas as blas
+        print(seen, os.environ.get("OPENBLAS_THREAD_TIMEOUT"), blas.THREAD_TIMEOUT)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                         check=True).stdout.split("\n")[-2]
+    assert out == "['22'] None 22"
+    env["OPENBLAS_THREAD_TIMEOUT"] = "25"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                         check=True).stdout.split("\n")[-2]
+    assert out == "['25'] 25 22"
