@@ -235,15 +235,14 @@ class CpuExecutor:
             self.programs[fn], b.dims) * batch >= MIN_FLOPS
 
     def _parts(self, fn: str, b: Bound, split: bool) -> tuple[list[tuple[int, int]], bool]:
-        """The size rule: batch slices for this call, and whether it runs whole with BLAS on
-        every thread instead (large per-step GEMMs: `rnnlang.parallel.WIDE_GEMM_FLOPS`).
-        `_choose` applies it once per sizes, and with ``parallel="auto"`` measures it."""
+        """The size rule: batch slices where the rows may be split and there is enough work,
+        else one whole-batch call, with BLAS on every thread for large per-step GEMMs
+        (`rnnlang.parallel.WIDE_GEMM_FLOPS`). `_choose` applies it once per sizes, and with
+        ``parallel="auto"`` measures it against the other plans."""
         batch = b.dims.get("B", 1)
-        if self._wide(fn, b):
-            return [(0, batch)], True
-        if not self._sliceable(fn, b, split):
-            return [(0, batch)], False
-        return slices(batch, self.pool.threads), False
+        if self.m.options.parallel != "blas" and self._sliceable(fn, b, split):
+            return slices(batch, self.pool.threads), False
+        return [(0, batch)], self._wide(fn, b)
 
     def _sliced(self, fn: str, part: tuple[int, int], b: Bound, vals: dict[str, Any],
                 whole: dict[str, Any]) -> tuple[dict[str, int], dict[str, Any]]:

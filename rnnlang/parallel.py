@@ -21,15 +21,18 @@ from rnnlang.ir.rows import RowPlan
 R = TypeVar("R")
 MIN_ROWS = 4  # fewer rows per slice than this: one thread does better than two
 MIN_FLOPS = 2e7  # a call cheaper than this (~1 ms) loses more to threads than it gains
-# A per-step GEMM at least this big (B x H by H x gates*H: the medium and large benchmark
-# cases) runs as one whole-batch call with BLAS on every thread instead of as batch slices with
-# 1-thread BLAS each: every per-step GEMM and the hoisted ones are split by BLAS, and each
-# thread packs and reads only its share of the weights instead of all of them. Measured
-# interleaved on the 2-core Xeon, 2026-11-27 (docs/performance.md): at T=100, B=32, H=128 the
-# forward 1.2-1.6x and forward+backward 1.05-1.5x faster for lstm, gru, elman and mgu; even with
-# large H (B=64, H=512) equal or up to 1.6x faster; at B=8 (T=1000) mixed, so smaller GEMMs
-# start with the slices. Since the winner changed from hour to hour, this is only the first
-# call's plan under parallel="auto", which then measures the plans (executors.CpuExecutor._choose).
+# The first call of each sizes runs as batch slices wherever the rows may be split
+# (executors.CpuExecutor._parts): each slice's time loop multiplies by its weights packed once
+# (rnnlang.codegen.packed) on its own core, with no synchronisation between steps. Measured
+# on the 2-core EPYC, 2026-11-27, one process, interleaved, against one whole-batch call with
+# BLAS on both threads (docs/performance.md): lstm forward+backward (100, 32, 128) 18.2
+# against 24.0 ms, (1000, 8, 128) 46.7 against 63.2, (100, 64, 512) 466 against 542; gru
+# forward (100, 32, 128) 3.79 against 5.14. (On the 2-core Xeon, before the packed kernel
+# and while the hoisted products kept the GIL, the whole-batch call had won at medium
+# sizes.) A call that cannot be split runs whole, with BLAS threads when its per-step GEMM
+# has at least this many flops (the medium and large benchmark cases). Under
+# parallel="auto" this is only the first call's plan: the plans are then measured
+# (executors.CpuExecutor._choose).
 # Risk: a busy second core stalls every 2-thread GEMM (the blas_threads note).
 WIDE_GEMM_FLOPS = 1e6
 # compile(parallel=...): measured ("auto": the size rule above for the first call of each

@@ -152,11 +152,15 @@ def test_threads_match_one_thread(cache_dir: Path, monkeypatch: pytest.MonkeyPat
     np.testing.assert_allclose(b.inputs["x"], a.inputs["x"], **tol)
     for k, v in one.forward({"x": x}, lengths=lens).items():
         np.testing.assert_allclose(three.forward({"x": x}, lengths=lens)[k], v, **tol)
-    # large per-step GEMMs: one whole-batch call, BLAS on the 3 threads; same numbers
+    # large per-step GEMMs in a call that cannot be split: one whole-batch call, BLAS on the 3
+    # threads; same numbers. A call that can be split still starts as slices.
     monkeypatch.setattr(rnnlang.executors, "WIDE_GEMM_FLOPS", 0)
     bound = three._bind({"x": x}, {}, lens, None)
-    assert ex._parts("forward_train", bound, True) == ([(0, 13)], True)
-    assert one._executor()._parts("forward_train", bound, True) == ([(0, 13)], False)  # 1 thread
+    assert ex._parts("forward_train", bound, False) == ([(0, 13)], True)
+    assert ex._parts("forward_train", bound, True) == ([(0, 4), (4, 8), (8, 13)], False)
+    assert one._executor()._parts("forward_train", bound, False) == ([(0, 13)], False)  # 1 thread
+    monkeypatch.setattr(ex, "split_train", False)
+    monkeypatch.setattr(ex, "split_forward", False)
     w = three.vjp({"x": x}, cot, lengths=lens)
     for k in a.params:
         np.testing.assert_allclose(w.params[k], a.params[k], **tol, err_msg=k)
