@@ -245,15 +245,24 @@ class CpuExecutor:
         return [(0, batch)], self._wide(fn, b)
 
     def _sliced(self, fn: str, part: tuple[int, int], b: Bound, vals: dict[str, Any],
-                whole: dict[str, Any]) -> tuple[dict[str, int], dict[str, Any]]:
-        """Sizes and arguments of ``fn`` for rows ``part``: ``vals`` cut, ``whole`` as is."""
+                whole: dict[str, Any], cut: dict[tuple[str, int | None], Any] | None = None
+                ) -> tuple[dict[str, int], dict[str, Any]]:
+        """Sizes and arguments of ``fn`` for rows ``part``: ``vals`` cut, ``whole`` as is.
+        ``cut`` keeps this slice's copies for the next function of the same call (backward
+        reads the inputs forward_train was given: cutting them again cost a copy each)."""
         plan = self.plans[fn]
         assert plan is not None
         lo, hi = part
         out = dict(whole)
         for v, axis in zip(self.programs[fn].input_vars, plan.inputs, strict=True):
             if v.name in vals:
+                key = (v.name, axis)
+                if cut is not None and key in cut:
+                    out[v.name] = cut[key]
+                    continue
                 out[v.name] = take(vals[v.name], axis, lo, hi)
+                if cut is not None:
+                    cut[key] = out[v.name]
         return dict(b.dims, B=hi - lo), out
 
     def forward(self, b: Bound) -> list[np.ndarray]:
@@ -283,11 +292,13 @@ class CpuExecutor:
         g = self.m.grad_programs()
         t0 = self._clock()
 
+        cuts: list[dict[tuple[str, int | None], Any]] = [{} for _ in parts]
+
         def ahead(k: int) -> list[np.ndarray]:
             if len(parts) == 1:
                 return self._run("forward_train", b.dims, {**self.m.params, **b.values}, ws[k])
             return self._run("forward_train", *self._sliced(
-                "forward_train", parts[k], b, b.values, self.m.params), ws[k])
+                "forward_train", parts[k], b, b.values, self.m.params, cuts[k]), ws[k])
 
         with self._limited(wide, len(parts) > 1):
             fwd = self.pool.map(ahead, len(parts))
@@ -305,8 +316,8 @@ class CpuExecutor:
                 return self._run("backward", b.dims, {**self.m.params, **b.values, **res,
                                                       **cots}, ws[k])
             return self._run("backward", *self._sliced(
-                "backward", parts[k], b, {**b.values, **cots}, {**self.m.params, **res}),
-                ws[k])
+                "backward", parts[k], b, {**b.values, **cots}, {**self.m.params, **res},
+                cuts[k]), ws[k])
 
         with self._limited(wide, len(parts) > 1):
             grads = self.pool.map(back, len(parts))

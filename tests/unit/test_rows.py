@@ -420,3 +420,24 @@ def test_auto_measures_once_per_octave_of_lengths_and_per_step(
     ex = m._executor()
     assert len([k for k in ex._octaves if k[0] == "forward"]) == 1
     assert len({id(t) for k, t in ex._tuning.items() if k[0] == "forward"}) == 1  # 5 to 8
+
+
+def test_a_training_call_cuts_each_input_once_per_slice(
+        cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """backward reads the slices of x (and mask, states) that forward_train was given instead
+    of copying them again; only the cotangents are new."""
+    monkeypatch.setattr(rnnlang.executors, "MIN_FLOPS", 0)
+    m = rnnlang.compile(SPEC, dtype="float64", cache_dir=cache_dir, threads=2,
+                        parallel="slices")
+    cuts: list[tuple[int, int, int]] = []
+    take = rnnlang.executors.take
+
+    def spy(a: np.ndarray, axis: int | None, lo: int, hi: int) -> np.ndarray:
+        cuts.append((id(a), lo, hi))
+        return take(a, axis, lo, hi)
+
+    monkeypatch.setattr(rnnlang.executors, "take", spy)
+    x = np.random.default_rng(0).normal(size=(5, 13, 3))
+    m.vjp({"x": x}, {"y": np.ones((5, 13, 2)), "z": np.ones((13, 12))})
+    assert cuts and len(cuts) == len(set(cuts))
+    assert sum(1 for c in cuts if c[0] == id(x)) == 2  # one per slice
