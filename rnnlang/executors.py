@@ -189,7 +189,7 @@ class CpuExecutor:
 
         Sequence lengths count by the next power of two, and times per step: a caller whose
         lengths vary (a length-bucketed data set, streaming chunks) measures once per octave
-        of lengths, not on the first seven calls of every length."""
+        of lengths, not on the first ten calls of every length."""
         exact = (fn, split, WIDE_GEMM_FLOPS, MIN_FLOPS, tuple(sorted(b.dims.items())))
         tune = self._tuning.get(exact)  # per exact sizes first: this lookup is on every call
         if tune is None:

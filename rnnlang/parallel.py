@@ -37,10 +37,15 @@ MIN_FLOPS = 2e7  # a call cheaper than this (~1 ms) loses more to threads than i
 WIDE_GEMM_FLOPS = 1e6
 # compile(parallel=...): measured ("auto": the size rule above for the first call of each
 # sizes, then each candidate (whole batch with BLAS threads, whole batch on one thread, batch
-# slices) timed TUNE_CALLS times, alternating, and the smallest mean kept; then measured again
-# now and then, see CHECK_FIRST), always batch slices, always whole-batch BLAS
+# slices) timed TUNE_CALLS times, alternating, and the best score kept (executors._score);
+# then measured again now and then, see CHECK_FIRST), always batch slices, always whole-batch
+# BLAS
 MODES = ("auto", "slices", "blas")
-TUNE_CALLS = 2
+# Three, so that the first choice already leaves out each plan's largest sample: logged in the
+# benchmark (long lstm forward+backward, 2026-11-27), the batch slices' first timed sample was
+# 83 us a step and the next ones 58 and 51, while the whole-batch plan ran 58, 58, 65; with
+# two samples each the mean kept the slower plan until the next round.
+TUNE_CALLS = 3
 # After its first choice, "auto" times every candidate once more CHECK_FIRST calls later, then
 # after twice as many calls each time, up to every CHECK_MAX calls, and keeps the plan whose
 # last TUNE_WINDOW samples score best (executors._score). Why: the first samples are the least
