@@ -25,6 +25,7 @@ between only picks the other, equally correct, path.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -50,6 +51,25 @@ def _rows_per_tile() -> int:
     8 x 16 floats needs 16 of AVX2's 16 registers, and would spill)."""
     features = llvm.get_host_cpu_features()
     return 8 if features.get("avx512f", False) else 4
+
+
+def _loop(b: ir.IRBuilder, name: str, test: Callable[[ir.Value], ir.Value]
+          ) -> tuple[ir.PhiInstr, ir.Block, ir.Block]:
+    """The head of ``for i = 0; test(i); ...``, with ``b`` left in the body. Returns the
+    counter (the caller adds its next value from the body's end and branches to the head),
+    the head, and the block after the loop."""
+    fn = b.function
+    head = fn.append_basic_block(name)
+    body = fn.append_basic_block(f"{name}_body")
+    out = fn.append_basic_block(f"{name}_end")
+    start = b.block
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(ir.IntType(64), name)
+    i.add_incoming(ir.Constant(ir.IntType(64), 0), start)
+    b.cbranch(test(i), body, out)
+    b.position_at_end(body)
+    return i, head, out
 
 
 def _kernel(mod: ir.Module, name: str, fl: ir.Type, nr: int, mr: int) -> None:
@@ -83,16 +103,7 @@ def _kernel(mod: ir.Module, name: str, fl: ir.Type, nr: int, mr: int) -> None:
                                                         [0] * nr))
 
     # for jp in range(panels)
-    head = fn.append_basic_block("panel")
-    body = fn.append_basic_block("panel_body")
-    done = fn.append_basic_block("done")
-    entry = b.block
-    b.branch(head)
-    b.position_at_end(head)
-    jp = b.phi(i64, "jp")
-    jp.add_incoming(ir.Constant(i64, 0), entry)
-    b.cbranch(b.icmp_unsigned("<", jp, panels), body, done)
-    b.position_at_end(body)
+    jp, head, done = _loop(b, "jp", lambda j: b.icmp_unsigned("<", j, panels))
     col = b.mul(jp, c_nr)
     panel = b.gep(bp, [b.mul(col, k)])  # panels are k x nr each
     width = b.sub(n, col)
@@ -141,16 +152,8 @@ def _kernel(mod: ir.Module, name: str, fl: ir.Type, nr: int, mr: int) -> None:
         return builder
 
     # for row in range(0, m - mr + 1, mr): whole tiles
-    rows = fn.append_basic_block("rows")
-    rows_body = fn.append_basic_block("rows_body")
-    rest = fn.append_basic_block("rest")
-    start = b.block
-    b.branch(rows)
-    b.position_at_end(rows)
-    row = b.phi(i64, "row")
-    row.add_incoming(ir.Constant(i64, 0), start)
-    b.cbranch(b.icmp_unsigned("<=", b.add(row, ir.Constant(i64, mr)), m), rows_body, rest)
-    b.position_at_end(rows_body)
+    row, rows, rest = _loop(b, "row", lambda r: b.icmp_unsigned(
+        "<=", b.add(r, ir.Constant(i64, mr)), m))
     tile(b, row, mr, "full")
     row.add_incoming(b.add(row, ir.Constant(i64, mr)), b.block)
     b.branch(rows)

@@ -99,20 +99,6 @@ def test_every_tile_size_the_kernel_can_be_built_with(fl: ir.Type, nr: int, mr: 
         assert np.isnan(out[:, n]).all()
 
 
-TWICE = """
-cell twice(x[I]) -> h[H] {
-  param W[I, 2*H] = glorot
-  param U[H, 2*H] = orthogonal
-  a, b = split(x @ W + h[t-1] @ U, 2)
-  h = tanh(a) * a + b
-}
-model m(H = 6, F = 3) {
-  input x: seq[F]
-  h = twice(H) over x
-  output y = h
-}
-"""
-
 CELL = """
 model m(H, F) {
   input x: seq[F]
@@ -164,6 +150,7 @@ def test_custom_cell_with_packed_weights_against_finite_differences(cache_dir: P
     """A cell no reference implements: its derived gradients against central differences,
     float64, 5 rows (a tile of 4 and one) so the loops pack."""
     from tests.unit.test_gradients import check_fd, random_problem
+    from tests.unit.test_outline import TWICE
 
     m = rnnlang.compile(TWICE, cache_dir=cache_dir, dtype="float64", threads=1)
     assert "kernels.pgemm(" in m._executor().source
