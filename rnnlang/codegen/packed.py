@@ -3,14 +3,16 @@
 Why: a time loop multiplies the same weight at every step (``h[t-1] @ U``, BPTT's
 ``d @ U^T``), and OpenBLAS packs the whole weight into its buffers again at every call: at
 (64, 512) @ (512, 2048) that is 4 MB copied per step, and on one thread OpenBLAS reached
-61-91 GFLOP/s at the benchmark's per-step shapes where its big products run at ~100
-(2-core AMD EPYC, 2026-11-27; docs/performance.md). Here the weight is copied once per call
-into panels of ``NR`` columns (`pack`), and a small kernel multiplies by them: 105-111
-GFLOP/s on one core at every per-step shape of the benchmark.
+65-87 GFLOP/s at the benchmark's per-step shapes with 16 to 64 rows, where its big products
+run at ~95 (2-core AMD EPYC, 2026-11-27; docs/performance.md). Here the weight is copied once
+per call into panels of ``NR`` columns (`pack`), and a small kernel multiplies by them:
+102-116 GFLOP/s on one core at every per-step shape of the benchmark (the same as OpenBLAS at
+4 and 8 rows; no faster than it at the hoisted products' shapes, where rows stream from
+memory).
 
 The kernel is written directly in LLVM IR with vector types (``<16 x float>``: one AVX-512
-register, two AVX ones) and compiled with llvmlite when this module is imported, in a few
-milliseconds, for the host CPU. It is registered with LLVM under a fixed name (`SYMBOLS`),
+register, two AVX ones) and compiled with llvmlite for the host CPU when this module is
+imported (about 35 ms, both dtypes). It is registered with LLVM under a fixed name (`SYMBOLS`),
 as `rnnlang.codegen.blas` does for BLAS, so Numba's cached code refers to the name. Numba's
 own vectorizer was not used: the loop vectorizer does not keep a register tile of C across
 the k loop, and the SLP vectorizer, which does, is off in Numba since it miscompiled
