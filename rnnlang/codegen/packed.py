@@ -44,6 +44,10 @@ NR = {"float32": 16, "float64": 8}  # columns per panel: one AVX-512 register
 # Fewer rows than this go to BLAS: at (1, 64) @ (64, 256) the kernel took 1.21 us a step and
 # OpenBLAS 1.28, while packing took 10 us, more than 50 steps save (2-core EPYC, 2026-11-27).
 MIN_ROWS = 4
+# Elements of ``a`` per block of rows (1 MiB of float32: half the L2 cache of the EPYC's core),
+# so that a tall ``a`` (the hoisted products' T x B rows) is read from memory once, not once
+# per panel; the per-step products fit one block.
+BLOCK = {"float": 1 << 18, "double": 1 << 17}
 _ENGINES: list[object] = []
 _FLAG: list[ctypes.c_int64] = []
 
@@ -104,6 +108,18 @@ def _kernel(mod: ir.Module, name: str, fl: ir.Type, nr: int, mr: int) -> None:
         return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), nr),
                                                         [0] * nr))
 
+    # for r0 in range(0, m, mb): blocks of rows whose part of ``a`` stays in the L2 cache
+    # (BLOCK elements) while every panel passes over it
+    one = ir.Constant(i64, 1)
+    per = b.udiv(ir.Constant(i64, BLOCK[str(fl)]), b.select(
+        b.icmp_unsigned("==", k, ir.Constant(i64, 0)), one, k))
+    per = b.mul(b.udiv(per, ir.Constant(i64, mr)), ir.Constant(i64, mr))
+    mb = b.select(b.icmp_unsigned("<", per, ir.Constant(i64, mr)), ir.Constant(i64, mr), per)
+    blocks = b.udiv(b.add(m, b.sub(mb, one)), mb)
+    blk, blk_head, blk_done = _loop(b, "blk", lambda x: b.icmp_unsigned("<", x, blocks))
+    r0 = b.mul(blk, mb)
+    m_end = b.add(r0, mb)
+    m_end = b.select(b.icmp_unsigned("<", m_end, m), m_end, m)
     # for jp in range(panels)
     jp, head, done = _loop(b, "jp", lambda j: b.icmp_unsigned("<", j, panels))
     col = b.mul(jp, c_nr)
@@ -153,20 +169,20 @@ def _kernel(mod: ir.Module, name: str, fl: ir.Type, nr: int, mr: int) -> None:
                                  mask])
         return builder
 
-    # for row in range(0, m - mr + 1, mr): whole tiles
-    row, rows, rest = _loop(b, "row", lambda r: b.icmp_unsigned(
-        "<=", b.add(r, ir.Constant(i64, mr)), m))
-    tile(b, row, mr, "full")
-    row.add_incoming(b.add(row, ir.Constant(i64, mr)), b.block)
+    # for row in range(r0, m_end - mr + 1, mr): whole tiles
+    rel, rows, rest = _loop(b, "row", lambda r: b.icmp_unsigned(
+        "<=", b.add(b.add(r0, r), ir.Constant(i64, mr)), m_end))
+    tile(b, b.add(r0, rel), mr, "full")
+    rel.add_incoming(b.add(rel, ir.Constant(i64, mr)), b.block)
     b.branch(rows)
-    # the last m % mr rows: a tile of 4, 2 and 1 rows as their bits say
+    # the last rows of the block: a tile of 4, 2 and 1 rows as their bits say
     b.position_at_end(rest)
-    cur = row
+    cur = b.add(r0, rel)
     r = mr // 2
     while r >= 1:
         yes = fn.append_basic_block(f"tail{r}")
         after = fn.append_basic_block(f"after{r}")
-        left = b.sub(m, cur)
+        left = b.sub(m_end, cur)
         before = b.block
         b.cbranch(b.icmp_unsigned("!=", b.and_(left, ir.Constant(i64, r)), ir.Constant(i64, 0)),
                   yes, after)
@@ -181,9 +197,12 @@ def _kernel(mod: ir.Module, name: str, fl: ir.Type, nr: int, mr: int) -> None:
         merged.add_incoming(moved, from_yes)
         cur = merged
         r //= 2
-    jp.add_incoming(b.add(jp, ir.Constant(i64, 1)), b.block)
+    jp.add_incoming(b.add(jp, one), b.block)
     b.branch(head)
     b.position_at_end(done)
+    blk.add_incoming(b.add(blk, one), b.block)
+    b.branch(blk_head)
+    b.position_at_end(blk_done)
     b.ret_void()
 
 
