@@ -116,8 +116,9 @@ REF = {"lstm": (R.lstm_seq, R.lstm_bptt, {"enc.h0": "h", "enc.c0": "c"}),
 def test_loops_with_packed_weights_match_the_numpy_reference(cache_dir: Path, kind: str,
                                                              parallel: str) -> None:
     """float64, 9 rows (a tile of 8 and one left over), H = 19 (partial panels), ragged
-    lengths: outputs and every gradient as tests/reference.py computes them, with the kernel
-    (one thread) and with BLAS on two threads (whose calls do not pack)."""
+    lengths, 30 steps (270 rows for the hoisted x W and d W^T, past kernels.HOISTED_MIN_ROWS):
+    outputs and every gradient as tests/reference.py computes them, with the kernel (one
+    thread) and with BLAS on two threads (whose calls do not pack)."""
     H, F, B = 19, 5, 9
     seq, bptt, states = REF[kind]
     m = rnnlang.compile(CELL % kind, cache_dir=cache_dir, dtype="float64", H=H, F=F,
@@ -129,8 +130,8 @@ def test_loops_with_packed_weights_match_the_numpy_reference(cache_dir: Path, ki
     p = R.random_params(kind, F, H, rng)
     for k, v in p.items():
         m.params["enc." + k][...] = v
-    x = rng.standard_normal((7, B, F))
-    lens = np.array([7, 3, 7, 1, 5, 7, 6, 2, 7])
+    x = rng.standard_normal((30, B, F))  # 270 rows: the hoisted products use the kernel too
+    lens = np.array([30, 3, 30, 1, 17, 30, 29, 2, 30])
     init = {k: 0.5 * rng.standard_normal((B, H)) for k in states}
     ys, _ = seq(p, x, lens, {states[k]: v for k, v in init.items()})
     dY = rng.standard_normal(ys.shape)
@@ -159,3 +160,32 @@ def test_custom_cell_with_packed_weights_against_finite_differences(cache_dir: P
         v[...] = 0.5 * rng.standard_normal(v.shape)
     inputs, initial, cots = random_problem(m, 6, 5, 3, rng)
     check_fd(m, inputs, initial, cots, np.array([6, 2, 5, 6, 1]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_hoisted_products_with_packed_weights(dtype: type) -> None:
+    """kernels.mm3 (x W over all steps) and mm3_nt (g W^T) on the kernel from
+    HOISTED_MIN_ROWS rows (here 300 rows in blocks: k = 1500 makes a block 174 rows of
+    float32, 87 of float64), below it and with packing off on BLAS; all against float64 NumPy."""
+    from rnnlang.codegen import kernels
+
+    rng = np.random.default_rng(11)
+    for t, b, n, m in [(30, 10, 1500, 37), (5, 3, 20, 33)]:
+        assert (t * b >= kernels.HOISTED_MIN_ROWS) == (t == 30)
+        x = rng.standard_normal((t, b, n)).astype(dtype)
+        w = rng.standard_normal((n, m)).astype(dtype)
+        g = rng.standard_normal((t, b, m)).astype(dtype)
+        tol = 2e-5 * n if dtype == np.float32 else 1e-10
+        for on in (True, False):
+            try:
+                packed.set_packing(on)
+                out = np.full((t, b, m), np.nan, dtype)
+                kernels.mm3(x, w, out)
+                np.testing.assert_allclose(out, _product(x.reshape(-1, n), w).reshape(t, b, m),
+                                           rtol=tol, atol=tol)
+                back = np.full((t, b, n), np.nan, dtype)
+                kernels.mm3_nt(g, w, back)
+                np.testing.assert_allclose(back, _product(g.reshape(-1, m), w.T).reshape(t, b, n),
+                                           rtol=tol, atol=tol)
+            finally:
+                packed.set_packing(True)
