@@ -115,8 +115,8 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
     # copy pays (`kernels.transposed`)
     invariant = {v.name for v, b in zip(body.inputs, spec.in_bind, strict=True)
                  if isinstance(b, ConstRef)}
-    transposed: dict[str, str] = {}
-    packed: dict[tuple[str, str], str] = {}
+    # (op, weight) -> (its panels, the operand BLAS takes where the products go there)
+    packed: dict[tuple[str, str], tuple[str, str]] = {}
     for x in body.eqns:
         w_op = x.inputs[1] if x.op in ("matmul", "matmul_nt") else None
         if (not isinstance(w_op, Var) or w_op.name not in invariant
@@ -127,14 +127,14 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
             continue
         rows = f.dim(x.outputs[0].shape[0])
         if x.op == "matmul":
-            packed[key] = f.fresh(f"{w_op.name}_p")
-            step_allocs.append(f"{packed[key]} = kernels.pack({f.id(w_op)}, {rows})")
+            panels = f.fresh(f"{w_op.name}_p")
+            packed[key] = (panels, f.id(w_op))
+            step_allocs.append(f"{panels} = kernels.pack({f.id(w_op)}, {rows})")
         else:
-            packed[key] = f.fresh(f"{w_op.name}_T_p")
-            transposed[w_op.name] = f.fresh(f"{w_op.name}_T")
-            step_allocs.append(f"{packed[key]} = kernels.pack({f.id(w_op)}.T, {rows})")
-            step_allocs.append(f"{transposed[w_op.name]} = kernels.transposed({f.id(w_op)}, "
-                               f"{packed[key]})")
+            panels, wt = f.fresh(f"{w_op.name}_T_p"), f.fresh(f"{w_op.name}_T")
+            packed[key] = (panels, wt)
+            step_allocs.append(f"{panels} = kernels.pack({f.id(w_op)}.T, {rows})")
+            step_allocs.append(f"{wt} = kernels.transposed({f.id(w_op)}, {panels})")
     steps = f"range({T} - 1, -1, -1)" if spec.reverse else f"range({T})"
     start = len(w.lines)
     for line in step_allocs:
@@ -161,7 +161,7 @@ def emit_scan(f: _Fn, e: Eqn) -> None:
             elif OPS[g[0].op].pointwise:
                 emit_pointwise_group(f, g, keep)
             else:
-                _body_op(f, g[0], scratch, transposed, packed)
+                _body_op(f, g[0], scratch, packed)
         _stores(f, spec, arrays, sums, spills, T, direct)
     for name in unwritten:
         f.inlined.pop(f.id(name), None)
@@ -291,8 +291,8 @@ def _concat_in_place(f: _Fn, eqns: tuple[Eqn, ...], excluded: set[str]) -> set[s
     return done
 
 
-def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str], transposed: dict[str, str],
-             packed: dict[tuple[str, str], str]) -> None:
+def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str],
+             packed: dict[tuple[str, str], tuple[str, str]]) -> None:
     out = e.outputs[0]
     o = f.id(out)
     a = dict(e.attrs)
@@ -314,14 +314,12 @@ def _body_op(f: _Fn, e: Eqn, scratch: dict[str, str], transposed: dict[str, str]
         else:
             ins.append(f.id(x) if isinstance(x, Var) else repr(x))
     match e.op:
-        case "matmul" if isinstance(e.inputs[1], Var) and ("matmul", e.inputs[1].name) in packed:
-            p = packed[("matmul", e.inputs[1].name)]
-            f.w.line(f"kernels.pgemm({ins[0]}, {p}, {ins[1]}, {o})")
+        case "matmul" | "matmul_nt" if (isinstance(e.inputs[1], Var)
+                                          and (e.op, e.inputs[1].name) in packed):
+            panels, w = packed[(e.op, e.inputs[1].name)]
+            f.w.line(f"kernels.pgemm({ins[0]}, {panels}, {w}, {o})")
         case "matmul":
             f.w.line(f"kernels.gemm({ins[0]}, {ins[1]}, {o})")
-        case "matmul_nt" if isinstance(e.inputs[1], Var) and e.inputs[1].name in transposed:
-            p = packed[("matmul_nt", e.inputs[1].name)]
-            f.w.line(f"kernels.pgemm({ins[0]}, {p}, {transposed[e.inputs[1].name]}, {o})")
         case "matmul_nt":
             f.w.line(f"kernels.gemm({ins[0]}, {ins[1]}.T, {o})")
         case "matmul_tn":
