@@ -92,6 +92,48 @@ def _thread_timeout() -> Iterator[None]:
         os.environ.pop("OPENBLAS_THREAD_TIMEOUT", None)
 
 
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p),
+                ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]
+
+
+def _library_of(address: int) -> ctypes.CDLL | None:
+    """The loaded shared library holding ``address`` (``dladdr``), or None."""
+    try:
+        libc = ctypes.CDLL(None)
+        info = _DlInfo()
+        if not libc.dladdr(ctypes.c_void_p(address), ctypes.byref(info)) or not info.fname:
+            return None
+        return ctypes.CDLL(info.fname.decode())  # loaded already: the same handle
+    except (OSError, AttributeError):  # pragma: no cover - no dladdr (not glibc/macOS)
+        return None
+
+
+def _shorten_loaded_timeout(sgemm: int) -> None:
+    """The same thread timeout when SciPy's OpenBLAS was loaded before rnnlang (a program that
+    imported ``scipy.special`` or ``scipy.linalg`` first, as benchmarks/bench_cpu.py did):
+    the library read its environment then, so it reads it again (``openblas_read_env``) and
+    its threads are stopped (``blas_thread_shutdown_``, what OpenBLAS itself calls before a
+    ``fork``); the next threaded call starts them with the new timeout. Measured (2-core
+    EPYC, 2026-11-27): with ``scipy.special`` imported first, a (100, 32, 128) LSTM training
+    step's whole-batch plan left a core spinning for 100 ms after each call, and "auto" then
+    chose it over the batch slices. Only for OpenBLAS builds that export these functions;
+    a user's OPENBLAS_THREAD_TIMEOUT is kept."""
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        return
+    lib = _library_of(sgemm)
+    try:
+        current = lib.openblas_thread_timeout if lib is not None else None
+        read_env, shutdown = lib.openblas_read_env, lib.blas_thread_shutdown_  # type: ignore[union-attr]
+    except AttributeError:  # another BLAS, or OpenBLAS without these exports
+        return
+    if current is None or current() == int(THREAD_TIMEOUT):
+        return
+    with _thread_timeout():
+        read_env()
+    shutdown()
+
+
 def _capsule_pointer(capsule: object) -> int:
     api = ctypes.pythonapi
     api.PyCapsule_GetName.restype = ctypes.c_char_p
@@ -195,6 +237,7 @@ def bind() -> None:
         return
     capi = _cython_blas().__pyx_capi__  # type: ignore[attr-defined]
     scipy = {r: _capsule_pointer(capi[r]) for r in SYMBOLS}
+    _shorten_loaded_timeout(scipy["sgemm"])
     for routine, symbol in LEGACY.items():
         llvm.add_symbol(symbol, scipy[routine])
     built = _build(scipy)

@@ -147,9 +147,12 @@ def test_scipys_openblas_loads_with_a_short_thread_timeout() -> None:
     it loads: rnnlang sets it for that moment only, so its threads sleep ~1 ms after a call
     instead of spinning ~80 ms on the cores the next call's batch slices need. NumPy's
     library, loaded earlier, and the environment afterwards are left as they were; a value
-    the user set is kept."""
+    the user set is kept. When a program imported SciPy first (``scipy.special`` loads the
+    library), the library is made to read it again: the timeout it uses is then the same."""
     probe = textwrap.dedent("""
         import importlib.util, os, sys
+        if sys.argv[1] == "scipy-first":
+            import scipy.special
         seen = []
         orig = importlib.util.module_from_spec
         def spy(spec):
@@ -158,13 +161,23 @@ def test_scipys_openblas_loads_with_a_short_thread_timeout() -> None:
             return orig(spec)
         importlib.util.module_from_spec = spy
         import rnnlang.codegen.blas as blas
-        print(seen, os.environ.get("OPENBLAS_THREAD_TIMEOUT"), blas.THREAD_TIMEOUT)
+        lib = blas._library_of(blas._capsule_pointer(
+            blas._cython_blas().__pyx_capi__["sgemm"]))
+        import numpy as np
+        import scipy.linalg.blas as sb  # threads started again after the re-read: still right
+        a = np.random.default_rng(0).random((400, 400), dtype=np.float32)
+        assert np.allclose(sb.sgemm(1.0, a, a), a.astype(float) @ a, rtol=1e-4)
+        print(seen, os.environ.get("OPENBLAS_THREAD_TIMEOUT"), blas.THREAD_TIMEOUT,
+              lib.openblas_thread_timeout())
     """)
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
-                         check=True).stdout.split("\n")[-2]
-    assert out == "['22'] None 22"
+
+    def run(order: str) -> str:
+        return subprocess.run([sys.executable, "-c", probe, order], env=env,
+                              capture_output=True, text=True, check=True).stdout.split("\n")[-2]
+
+    assert run("rnnlang-first") == "['22'] None 22 22"
+    assert run("scipy-first") == "['22'] None 22 22"  # read again: it was 0 (the default)
     env["OPENBLAS_THREAD_TIMEOUT"] = "25"
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
-                         check=True).stdout.split("\n")[-2]
-    assert out == "['25'] 25 22"
+    assert run("rnnlang-first") == "['25'] 25 22 25"
+    assert run("scipy-first") == "['25'] 25 22 25"
