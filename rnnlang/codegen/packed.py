@@ -36,7 +36,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from rnnlang.codegen.blas import gemm
+from rnnlang.codegen.blas import any_layout, gemm
 
 SYMBOLS = {"float32": "rnnlang_spacked", "float64": "rnnlang_dpacked"}
 FLAG = "rnnlang_packing"  # a function returning whether loops pack (1) or call BLAS (0)
@@ -295,8 +295,14 @@ def _xpacked(typingctx, m, n, k, a, lda, p, c, ldc):  # type: ignore[no-untyped-
     return sig, codegen
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(nogil=True, inline="always")
 def pack(w, rows):  # type: ignore[no-untyped-def]
+    """`_pack` for any layout of ``w``, compiled once per dtype (`blas.any_layout`)."""
+    return _pack(any_layout(w), rows)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _pack(w, rows):  # type: ignore[no-untyped-def]
     """The right operand ``w`` (K, N) of a loop's per-step products with ``rows`` rows as
     panels (ceil(N / NR), K, NR), zero-padded; empty when they use BLAS instead: this call's
     BLAS runs on several threads (`set_packing`), or the products have under MIN_ROWS rows.
@@ -310,26 +316,36 @@ def pack(w, rows):  # type: ignore[no-untyped-def]
     if n % nr:
         p[panels - 1] = 0
     # two loop nests, each reading along the unit-stride axis: the other order took 5x longer
-    # ((512, 2048) stored by rows 3.1 against 0.60 ms; its transpose 0.80 against 0.44)
+    # ((512, 2048) stored by rows 3.1 against 0.60 ms; its transpose 0.80 against 0.44). Each
+    # reads a C-typed view (ascontiguousarray copies nothing when the array already is), since
+    # with ``w``'s layout "A" the strides are unknown and the rows' copy was 3x slower.
     if w.strides[1] <= w.strides[0]:  # stored by rows
+        wc = np.ascontiguousarray(w)
         for q in range(panels):
             j0 = q * nr
             width = min(nr, n - j0)
             for kk in range(k):
                 for j in range(width):
-                    p[q, kk, j] = w[kk, j0 + j]
+                    p[q, kk, j] = wc[kk, j0 + j]
     else:
+        wt = np.ascontiguousarray(w.T)
         for q in range(panels):
             j0 = q * nr
             width = min(nr, n - j0)
             for j in range(width):
                 for kk in range(k):
-                    p[q, kk, j] = w[kk, j0 + j]
+                    p[q, kk, j] = wt[j0 + j, kk]
     return p
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(nogil=True, inline="always")
 def pgemm(a, p, w, out):  # type: ignore[no-untyped-def]
+    """`_pgemm` for any layouts, compiled once per dtype (`blas.any_layout`)."""
+    _pgemm(any_layout(a), any_layout(p), any_layout(w), any_layout(out))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _pgemm(a, p, w, out):  # type: ignore[no-untyped-def]
     """out[...] = a @ w, by the packed panels ``p = pack(w)`` (or by BLAS when ``p`` is
     empty: `pack` said so, or a has no unit-stride rows or out none)."""
     m, k = a.shape

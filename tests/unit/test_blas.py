@@ -181,3 +181,36 @@ def test_scipys_openblas_loads_with_a_short_thread_timeout() -> None:
     env["OPENBLAS_THREAD_TIMEOUT"] = "25"
     assert run("rnnlang-first") == "['25'] 25 22 25"
     assert run("scipy-first") == "['25'] 25 22 25"
+
+
+def test_gemm_pack_and_pgemm_compile_once_per_dtype_whatever_the_layouts() -> None:
+    """Callers pass C, F (transposed weights) and A (strided views) arrays; the bodies see
+    only layout "A" (`blas.any_layout`), so a model's cold compile has one specialization
+    of each per dtype instead of one per layout combination (2-layer LSTM: 4 of gemm, 3 of
+    pgemm, 2 of pack before). Results stay right for every layout."""
+    from numba import njit
+
+    from rnnlang.codegen import packed
+
+    @njit
+    def caller(a, w, out):  # type: ignore[no-untyped-def]
+        blas.gemm(a, w, out)
+        blas.gemm(a.T.T, w.T.T, out)
+        blas.gemm(a[:, ::1], np.ascontiguousarray(w.T).T, out)
+        p = packed.pack(w, 8)
+        packed.pgemm(a, p, w, out)
+        q = packed.pack(np.ascontiguousarray(w.T).T, 8)
+        packed.pgemm(a[::1, :], q, w, out)
+
+    rng = np.random.default_rng(3)
+    a = rng.random((9, 5), dtype=np.float32)
+    w = rng.random((5, 20), dtype=np.float32)
+    out = np.zeros((9, 20), np.float32)
+    caller(a, w, out)
+    np.testing.assert_allclose(out, a.astype(np.float64) @ w, rtol=1e-5)
+    for fn in (blas._gemm, packed._pgemm, packed._pack):
+        layouts = {arg.layout for sig in fn.signatures for arg in sig
+                   if hasattr(arg, "layout")}
+        assert layouts == {"A"}, (fn, fn.signatures)
+        assert len({sig[-1].dtype if hasattr(sig[-1], "dtype") else sig[0].dtype
+                    for sig in fn.signatures}) == len(fn.signatures)
