@@ -298,7 +298,7 @@ def _xpacked(typingctx, m, n, k, a, lda, p, c, ldc):  # type: ignore[no-untyped-
 @njit(nogil=True, inline="always")
 def pack(w, rows):  # type: ignore[no-untyped-def]
     """`_pack` for any layout of ``w``, compiled once per dtype (`blas.any_layout`)."""
-    return _pack(any_layout(w), rows)
+    return _pack(any_layout(w), np.int64(rows))  # a literal row count: no specialization
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -188,7 +188,7 @@ def test_gemm_pack_and_pgemm_compile_once_per_dtype_whatever_the_layouts() -> No
     only layout "A" (`blas.any_layout`), so a model's cold compile has one specialization
     of each per dtype instead of one per layout combination (2-layer LSTM: 4 of gemm, 3 of
     pgemm, 2 of pack before). Results stay right for every layout."""
-    from numba import njit
+    from numba import njit, types
 
     from rnnlang.codegen import packed
 
@@ -212,5 +212,6 @@ def test_gemm_pack_and_pgemm_compile_once_per_dtype_whatever_the_layouts() -> No
         layouts = {arg.layout for sig in fn.signatures for arg in sig
                    if hasattr(arg, "layout")}
         assert layouts == {"A"}, (fn, fn.signatures)
+        assert not any(isinstance(t, types.Literal) for sig in fn.signatures for t in sig)
         assert len({sig[-1].dtype if hasattr(sig[-1], "dtype") else sig[0].dtype
                     for sig in fn.signatures}) == len(fn.signatures)
