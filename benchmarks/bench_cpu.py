@@ -74,7 +74,7 @@ import numpy as np  # noqa: E402
 from scipy.special import expit  # noqa: E402
 
 from rnnlang.bench.timing import time_interleaved  # noqa: E402
-from rnnlang.parallel import TUNE_CALLS  # noqa: E402
+from rnnlang.parallel import CHOICE_CALLS  # noqa: E402
 
 try:  # optional baselines
     import torch
@@ -870,7 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="baselines to run if installed (rnnlang always runs)")
     ap.add_argument("--repeats", type=int, default=21, help="max timed rounds per figure")
     ap.add_argument("--min-repeats", type=int, default=5, help="min timed rounds per figure")
-    ap.add_argument("--warmup", type=int, default=3 * TUNE_CALLS,
+    ap.add_argument("--warmup", type=int, default=CHOICE_CALLS,
                     help="untimed calls before timing; with the checking call and the "
                     "estimate, the calls 2 to 10 that rnnlang's parallel=\"auto\" times to "
                     "choose its plan (default %(default)s)")

@@ -46,6 +46,10 @@ MODES = ("auto", "slices", "blas")
 # 83 us a step and the next ones 58 and 51, while the whole-batch plan ran 58, 58, 65; with
 # two samples each the mean kept the slower plan until the next round.
 TUNE_CALLS = 3
+# The calls "auto" times before its first choice (after the untimed first call): TUNE_CALLS
+# rounds of its candidate plans, at most three (executors.CpuExecutor._alternatives). A
+# benchmark's warm-up covers them (benchmarks/bench_cpu.py, rnnlang.bench.spec).
+CHOICE_CALLS = 3 * TUNE_CALLS
 # After its first choice, "auto" times every candidate once more CHECK_FIRST calls later, then
 # after twice as many calls each time, up to every CHECK_MAX calls, and keeps the plan whose
 # last TUNE_WINDOW samples score best (executors._score). Why: the first samples are the least

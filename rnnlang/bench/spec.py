@@ -25,7 +25,7 @@ import numpy as np
 
 from rnnlang.bench import have_torch
 from rnnlang.bench.timing import time_interleaved
-from rnnlang.parallel import TUNE_CALLS
+from rnnlang.parallel import CHOICE_CALLS
 from rnnlang.runtime import bind_inputs
 
 if TYPE_CHECKING:
@@ -47,8 +47,8 @@ class BenchOptions:
     modes: tuple[str, ...] = MODES
     seed: int = 0
     # with the checking call and the estimate: the first calls, which parallel="auto" times to
-    # choose its plan (one untimed, then TUNE_CALLS rounds of three plans)
-    warmup: int = 3 * TUNE_CALLS
+    # choose its plan
+    warmup: int = CHOICE_CALLS
     repeats: int = 11
     min_repeats: int = 3
     budget_s: float = 3.0  # timed rounds per mode, before cutting repeats

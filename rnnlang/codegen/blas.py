@@ -118,21 +118,19 @@ def _shorten_loaded_timeout(sgemm: int) -> None:
     ``fork``); the next threaded call starts them with the new timeout. Measured (2-core
     EPYC, 2026-11-27): with ``scipy.special`` imported first, a (100, 32, 128) LSTM training
     step's whole-batch plan left a core spinning for 100 ms after each call, and "auto" then
-    chose it over the batch slices. Only for OpenBLAS builds that export these functions;
-    a user's OPENBLAS_THREAD_TIMEOUT is kept."""
-    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
-        return
-    lib = _library_of(sgemm)
+    chose it over the batch slices. Only for OpenBLAS builds that export these functions
+    (so the variable is still set while rnnlang itself loads the library, `_cython_blas`,
+    which needs no exports); a user's OPENBLAS_THREAD_TIMEOUT is kept."""
+    lib = None if "OPENBLAS_THREAD_TIMEOUT" in os.environ else _library_of(sgemm)
     try:
-        current = lib.openblas_thread_timeout if lib is not None else None
-        read_env, shutdown = lib.openblas_read_env, lib.blas_thread_shutdown_  # type: ignore[union-attr]
-    except AttributeError:  # another BLAS, or OpenBLAS without these exports
+        current, read_env, shutdown = (lib.openblas_thread_timeout, lib.openblas_read_env,
+                                       lib.blas_thread_shutdown_)
+    except AttributeError:  # no library found, another BLAS, or OpenBLAS without these exports
         return
-    if current is None or current() == int(THREAD_TIMEOUT):
-        return
-    with _thread_timeout():
-        read_env()
-    shutdown()
+    if current() != int(THREAD_TIMEOUT):
+        with _thread_timeout():
+            read_env()
+        shutdown()
 
 
 def _capsule_pointer(capsule: object) -> int:
